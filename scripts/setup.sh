@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up rankhouse on a fresh Debian/Ubuntu machine: system packages, then .venv with the project.
+# Idempotent; `make` calls it when pyproject.toml is newer than the venv's stamp.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# ffmpeg: museval's import needs ffmpeg/ffprobe on PATH (stempeg checks at import).
+# libfluidsynth3 + fluid-soundfont-gm: the corpus renderer (FluidR3_GM General MIDI soundfont).
+# libsndfile1: soundfile. espeak-ng/sox are not used.
+PACKAGES=(ffmpeg libfluidsynth3 fluid-soundfont-gm libsndfile1)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing system packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    sudo apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "setup: missing system packages: ${missing[*]}; run: sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+PY=${PYTHON:-python3.11}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $PY"
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first, pinned: on this machine's kind the CPU build comes from local disk. On a GPU
+# cluster install the CUDA build of the same version before this script (see README).
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[test]"

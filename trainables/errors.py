@@ -1,0 +1,5 @@
+"""Errors a user can cause. The CLI prints the message as one line and exits non-zero."""
+
+
+class RankhouseError(Exception):
+    """A problem with the user's input: the message names the file/key/track and the fix."""
