@@ -45,13 +45,20 @@ def _files(root: Path, split: str, stems: list[str]) -> list[tuple[str, dict[str
     return out
 
 
+def cache_identity(root: Path, stems: list[str], samplerate: int) -> str:
+    """Which cache this is (dataset, stems, rate): other identities in the same folder are kept."""
+    key = [CACHE_VERSION, str(Path(root).resolve()), samplerate, CHANNELS, sorted(stems)]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
+
+
 def cache_key(root: Path, split: str, stems: list[str], samplerate: int) -> str:
-    h = hashlib.sha256(json.dumps([CACHE_VERSION, samplerate, CHANNELS, sorted(stems)]).encode())
+    """Identity plus the source files' content stamp: editing a file changes the key."""
+    h = hashlib.sha256()
     for name, files in _files(root, split, stems):
         for stem in sorted(files):
             st = files[stem].stat()
             h.update(f"{name}/{files[stem].name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:20]
+    return f"{cache_identity(root, stems, samplerate)}-{h.hexdigest()[:12]}"
 
 
 def build(root: Path, split: str, stems: list[str], samplerate: int, cache_dir: Path | None = None,
@@ -87,7 +94,8 @@ def build(root: Path, split: str, stems: list[str], samplerate: int, cache_dir: 
         finally:
             if tmp.exists():
                 tmp.unlink()
-        for old in cache_dir.glob(f"{split}-{samplerate}-*.arrow"):  # superseded versions of this split
+        # superseded versions of this very cache (same dataset, stems and rate)
+        for old in cache_dir.glob(f"{split}-{samplerate}-{cache_identity(root, stems, samplerate)}-*.arrow"):
             if old != path:
                 old.unlink(missing_ok=True)
     return path

@@ -95,9 +95,8 @@ def check_track(track: Path, split: str, stems: list[str], segment_seconds: floa
         try:
             sr, ch, frames = audio_io.info(path)
             x = audio_io.read(path, samplerate=None, channels=None)
-        except RankhouseError as exc:
-            problems.append(Problem("error", loc, "unreadable or corrupt audio",
-                                    f"re-export it as WAV or FLAC ({str(exc).split(': ', 1)[-1]})"))
+        except RankhouseError:
+            problems.append(Problem("error", loc, "unreadable or corrupt audio", "re-export it as WAV or FLAC"))
             continue
         shapes[name] = (sr, x.shape[0], x.shape[1])
         if not np.isfinite(x).all():
@@ -140,9 +139,8 @@ def check_track(track: Path, split: str, stems: list[str], segment_seconds: floa
                                     f"mixture != sum of stems ({', '.join(stems)}): residual {ratio:.1f} dB "
                                     f"relative to the mixture (tolerance -{tolerance_db:g} dB)",
                                     "export stems and mixture from the same session, or list every stem in the sources"))
-    digest = None
-    if MIXTURE in files:
-        digest = hashlib.sha256(files[MIXTURE].read_bytes()).hexdigest()
+    # hash of the decoded samples, so a re-encoded copy (WAV -> FLAC, 16 -> 24 bit) is caught too
+    digest = hashlib.sha256(decoded[MIXTURE].tobytes()).hexdigest() if MIXTURE in decoded else None
     return problems, digest
 
 

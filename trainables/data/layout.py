@@ -29,8 +29,9 @@ def normalize_sources(sources: Sequence[str] | Mapping[str, Sequence[str] | str]
     if not out:
         raise RankhouseError("sources: empty; name at least one source, e.g. kick,hihat,bass,other,vocals")
     for name, stems in out.items():
-        if not stems:
-            raise RankhouseError(f"sources.{name}: lists no stems; give the stem files it sums, e.g. [kick, hihat]")
+        if not name or not stems or any(not s for s in stems):
+            raise RankhouseError(f"sources.{name}: empty source or stem name in {stems}; "
+                                 "give the stem files it sums, e.g. drums=kick+hihat")
         if MIXTURE in stems:
             raise RankhouseError(f"sources.{name}: '{MIXTURE}' is the model input, not a stem")
     return out

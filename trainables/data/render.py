@@ -99,7 +99,9 @@ def render_corpus(out: Path, preset: str, songs: int, seconds: float, seed: int 
     if not 1 <= valid < songs:
         raise RankhouseError(f"valid={valid}: need 1 <= valid < songs ({songs})")
     spec = corpus_spec(preset, songs, seconds, seed, valid)
-    out = Path(out)
+    out = Path(out).resolve()
+    if out == Path.cwd().resolve() or out.parent == out:
+        raise RankhouseError(f"--out {out}: render into a new folder, not the current directory")
     if (out / MANIFEST).is_file() and json.loads((out / MANIFEST).read_text()) == spec:
         return out
     if out.exists() and any(out.iterdir()):
