@@ -20,7 +20,7 @@ from trainables.errors import RankhouseError
 
 
 class Progress:
-    """A tqdm bar driven by ``callback(done, total)`` calls (to stderr, quiet when not a TTY)."""
+    """A tqdm bar driven by ``callback(done, total)`` calls (on stderr)."""
 
     def __init__(self, desc: str):
         self.desc, self.bar = desc, None
@@ -44,9 +44,9 @@ def parse_sources(text: str):
     return normalize_sources(out)
 
 
-def check_or_raise(root: Path, sources, segment_seconds: float | None = None, quiet: bool = False) -> list:
+def check_or_raise(root: Path, sources, segment_seconds: float | None = None, tolerance_db: float = 30.0) -> list:
     """The preflight every search runs: print each problem; raise on any error."""
-    problems = check.check_dataset(root, sources, segment_seconds, progress=None if quiet else Progress("check"))
+    problems = check.check_dataset(root, sources, segment_seconds, tolerance_db, progress=Progress("check"))
     for p in problems:
         print(f"{root}: {p}", file=sys.stderr)
     bad = check.errors(problems)

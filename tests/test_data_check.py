@@ -73,10 +73,10 @@ def test_cli_subprocess_exit_codes(corpus, corpus_copy):
 
 
 def test_check_or_raise(corpus, corpus_copy, capsys):
-    assert cli.check_or_raise(corpus, cli.parse_sources(SOURCES), quiet=True) == []
+    assert cli.check_or_raise(corpus, cli.parse_sources(SOURCES)) == []
     (corpus_copy / TRACK / "kick.wav").unlink()
     with pytest.raises(RankhouseError, match="1 dataset error"):
-        cli.check_or_raise(corpus_copy, cli.parse_sources(SOURCES), quiet=True)
+        cli.check_or_raise(corpus_copy, cli.parse_sources(SOURCES))
     assert f"{TRACK}/kick.wav: missing" in capsys.readouterr().err
 
 

@@ -1,0 +1,162 @@
+"""``python -m platform.base``: train the embedded HT-Demucs base to a plateau and write it, with
+its model card, to ``trainables/assets/``.
+
+Why a plateau: an undertrained base gains from *any* further training, so an adapter's gain
+over it would prove nothing. The base trains fully (no LoRA) on the ``generic`` preset (a
+domain different from the tech-house target) until validation nSDR has not improved by
+``--min-delta`` dB for ``--patience`` epochs; the best epoch is kept. If ``--max-minutes``
+runs out first, the card says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from platform.cli import run
+from platform.corpus import embedded_corpus
+from trainables import checkpoint, htdemucs, loop
+from trainables.data import cache as stem_cache
+from trainables.data.layout import stems_of
+
+FOUR_STEMS = {"drums": ["kick", "hihat"], "bass": ["bass"], "other": ["other"], "vocals": ["vocals"]}
+CARD_JSON = htdemucs.ASSETS / "htdemucs_embedded.json"
+CARD_MD = htdemucs.ASSETS / "htdemucs_embedded.md"
+# the tech-house corpus of search_spaces/techhouse.yaml: the card reports the base on it
+TECHHOUSE = dict(preset="techhouse", songs=24, seconds=20.0, seed=0)
+
+
+def base_config(root: Path, args) -> dict:
+    return {
+        "model": {"family": "htdemucs", "base": "scratch", "sources": list(FOUR_STEMS)},
+        "data": {"root": str(root), "sources": FOUR_STEMS, "segment": 3.0},
+        "lora": None,
+        "optim": {"lr": args.lr, "schedule": "constant", "grad_clip": 5.0},
+        "train": {"epochs": 10_000, "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size,
+                  "seed": args.seed, "valid_max_seconds": args.valid_seconds},
+    }
+
+
+def score(model_path: Path, root: Path) -> dict:
+    """Whole-track nSDR of a base checkpoint on a corpus' valid split (4 sources)."""
+    model, _ = htdemucs.load_safetensors(model_path)
+    model.eval().requires_grad_(False)
+    valid = stem_cache.StemCache(stem_cache.build(root, "valid", stems_of(FOUR_STEMS), int(model.samplerate)))
+    return loop.evaluate(model, valid, FOUR_STEMS, int(model.samplerate), float(model.segment), torch.device("cpu"))
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m platform.base", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--songs", type=int, default=60)
+    p.add_argument("--seconds", type=float, default=24.0)
+    p.add_argument("--data-seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--steps-per-epoch", type=int, default=50)
+    p.add_argument("--valid-seconds", type=float, default=12.0, help="validate on this much of each valid track")
+    p.add_argument("--patience", type=int, default=8, help="epochs without improvement that make a plateau")
+    p.add_argument("--min-delta", type=float, default=0.05, help="dB that count as an improvement")
+    p.add_argument("--max-minutes", type=float, default=120.0)
+    p.add_argument("--work", type=Path, default=Path("runs/base"))
+    p.add_argument("--out", type=Path, default=htdemucs.EMBEDDED)
+    args = p.parse_args(argv)
+
+    root = embedded_corpus("generic", args.songs, args.seconds, args.data_seed)
+    cfg = base_config(root, args)
+    args.work.mkdir(parents=True, exist_ok=True)
+    best_path = args.work / "best.safetensors"
+    curve: list[dict] = []
+    best = {"sdr": -float("inf"), "epoch": 0}
+    started = time.time()
+    stop_reason = {"why": "plateau"}
+
+    def report(metrics: dict, folder: Path) -> bool:
+        minutes = (time.time() - started) / 60
+        curve.append({"epoch": metrics["epoch"], "step": metrics["step"], "minutes": round(minutes, 2),
+                      "train_loss": round(metrics["train/loss"], 5), "valid_sdr": round(metrics["valid/sdr"], 3)})
+        improved = metrics["valid/sdr"] > best["sdr"] + args.min_delta
+        if metrics["valid/sdr"] > best["sdr"]:
+            shutil.copy(folder / checkpoint.MODEL, best_path)
+            best.update(sdr=metrics["valid/sdr"], epoch=metrics["epoch"], step=metrics["step"])
+        if improved:
+            best["improved_epoch"] = metrics["epoch"]
+        print(f"epoch {metrics['epoch']:4d} step {metrics['step']:6d} {minutes:6.1f} min  "
+              f"train/loss {metrics['train/loss']:.4f}  valid/sdr {metrics['valid/sdr']:.3f} dB  "
+              f"(best {best['sdr']:.3f} @ {best['epoch']})", flush=True)
+        (args.work / "curve.json").write_text(json.dumps(curve))
+        if metrics["epoch"] - best.get("improved_epoch", 0) >= args.patience:
+            return True
+        if minutes >= args.max_minutes:
+            stop_reason["why"] = f"time budget ({args.max_minutes:g} min) before a plateau"
+            return True
+        return False
+
+    loop.train(cfg, report)
+    # the asset: best weights, architecture in the safetensors metadata
+    kwargs = dict(htdemucs.EMBEDDED_KWARGS)
+    model = htdemucs.new_model(list(FOUR_STEMS), kwargs)
+    model.load_state_dict(load_file(str(best_path)))
+    sha = htdemucs.save_checkpoint(model, args.out, kwargs)
+    print("scoring the base on whole valid tracks (generic and tech-house)...", flush=True)
+    generic = score(args.out, root)
+    techhouse = score(args.out, embedded_corpus(**TECHHOUSE))
+    card = {
+        "file": args.out.name, "sha256": sha, "bytes": args.out.stat().st_size,
+        "architecture": {"class": "demucs.htdemucs.HTDemucs", "sources": list(FOUR_STEMS), "kwargs": kwargs,
+                         "parameters": sum(p.numel() for p in model.parameters())},
+        "data": {"preset": "generic", "songs": args.songs, "seconds": args.seconds, "seed": args.data_seed,
+                 "sources": FOUR_STEMS},
+        "training": {"optimizer": "AdamW", "lr": args.lr, "batch_size": args.batch_size, "segment_s": 3.0,
+                     "steps_per_epoch": args.steps_per_epoch, "seed": args.seed, "augment": "demucs-style",
+                     "best_epoch": best["epoch"], "best_step": best.get("step"), "epochs_run": len(curve),
+                     "stopped_by": stop_reason["why"], "patience_epochs": args.patience,
+                     "min_delta_db": args.min_delta, "minutes": round((time.time() - started) / 60, 1)},
+        "valid_curve": curve,
+        "nsdr": {"generic_valid": generic, "techhouse_valid": techhouse},
+        "command": "python -m platform.base " + " ".join(argv),
+    }
+    if args.out == htdemucs.EMBEDDED:
+        CARD_JSON.write_text(json.dumps(card, indent=1))
+        CARD_MD.write_text(model_card_markdown(card))
+    print(json.dumps({k: card[k] for k in ("sha256", "bytes", "nsdr")}, indent=1))
+    return 0
+
+
+def model_card_markdown(card: dict) -> str:
+    t, g, th = card["training"], card["nsdr"]["generic_valid"], card["nsdr"]["techhouse_valid"]
+    rows = "\n".join(f"| {c['epoch']} | {c['step']} | {c['minutes']} | {c['train_loss']} | {c['valid_sdr']} |"
+                     for c in card["valid_curve"])
+    per = lambda m: ", ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in m.items() if k.startswith("valid/sdr/"))
+    return f"""# Embedded base: small 4-stem HT-Demucs
+
+- file: `{card['file']}` ({card['bytes']} bytes), sha256 `{card['sha256']}`
+- architecture: `demucs.htdemucs.HTDemucs`, sources {card['architecture']['sources']},
+  {card['architecture']['parameters']} parameters, kwargs `{json.dumps(card['architecture']['kwargs'])}`
+- data: rendered `{card['data']['preset']}` preset, {card['data']['songs']} songs x {card['data']['seconds']} s,
+  seed {card['data']['seed']}; drums = kick + hihat
+- training: full training, AdamW lr {t['lr']}, batch {t['batch_size']} x {t['segment_s']} s, seed {t['seed']},
+  {t['epochs_run']} epochs of {t['steps_per_epoch']} steps in {t['minutes']} min; best epoch {t['best_epoch']};
+  stopped by: {t['stopped_by']} (no gain > {t['min_delta_db']} dB for {t['patience_epochs']} epochs)
+- whole-track valid nSDR: generic {g['valid/sdr']:.2f} dB ({per(g)});
+  tech-house {th['valid/sdr']:.2f} dB ({per(th)})
+- rebuild: `{card['command']}` (or `make base`)
+
+## Validation curve (first {card['data']['seconds']} s valid tracks truncated to the validation length)
+
+| epoch | step | minutes | train loss | valid nSDR (dB) |
+|---|---|---|---|---|
+{rows}
+"""
+
+
+if __name__ == "__main__":
+    run(main)

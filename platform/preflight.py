@@ -1,0 +1,83 @@
+"""Everything a search checks and prepares before Ray starts: the dataset (rendered if it is the
+embedded default, checked, decoded into the cache), the base model, LoRA patterns against
+real module paths at the largest ranks the space can sample, and the base's own score."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from platform.corpus import embedded_corpus
+from platform.data import Progress, check_or_raise
+from platform.spaces import Study
+from trainables import lora, loop
+from trainables.data import cache as stem_cache
+from trainables.data.layout import normalize_sources, stems_of
+from trainables.errors import RankhouseError
+from trainables.family import get_family
+
+
+@dataclass
+class Prepared:
+    config: dict  # the study's fixed config with data.root, data.sources and data.cache resolved
+    base_identity: dict
+    base_metrics: dict
+
+
+def resolve_data(study: Study) -> dict:
+    cfg = copy.deepcopy(study.config)
+    d, sources = cfg["data"], cfg["model"]["sources"]
+    if d["root"] == "embedded":
+        e = d["embedded"]
+        d["root"] = str(embedded_corpus(e["preset"], e["songs"], e["seconds"], e["seed"], e["valid"]))
+    else:
+        d["root"] = str(Path(d["root"]).expanduser().resolve())
+    unknown = sorted(set(d["stems"]) - set(sources))
+    if unknown:
+        raise study.error(f"data.stems.{unknown[0]}", f"not one of model.sources ({', '.join(sources)})")
+    d["sources"] = normalize_sources({s: d["stems"].get(s, [s]) for s in sources})
+    return cfg
+
+
+def widest_lora(study: Study) -> dict:
+    """The fixed lora section with every searched rank at its largest value and every searched
+    layer_ranks pattern present, so one resolve checks what any trial could ask for."""
+    spec = copy.deepcopy(study.config["lora"])
+    spec["layer_ranks"] = dict(spec.get("layer_ranks") or {})
+    for p in study.params:
+        if p.path[0] != "lora":
+            continue
+        values = p.spec["values"] if p.type == "choice" else [p.spec["low"], p.spec["high"]]
+        if p.path == ("lora", "rank"):
+            spec["rank"] = max(values)
+        elif p.path[:2] == ("lora", "layer_ranks") and len(p.path) == 3:
+            spec["layer_ranks"][p.path[2]] = max(values)
+    return spec
+
+
+def prepare(study: Study) -> Prepared:
+    cfg = resolve_data(study)
+    root, sources = Path(cfg["data"]["root"]), cfg["data"]["sources"]
+    print(f"preflight: checking {root}")
+    check_or_raise(root, sources, cfg["data"]["segment"], tolerance_db=cfg["data"]["tolerance_db"])
+    family = get_family(cfg["model"]["family"])
+    base = family.build_base(cfg["model"])
+    model, heads = family.adapt_sources(base, list(sources), dict(cfg["model"]["parents"]))
+    model.requires_grad_(False)
+    try:
+        lora.resolve_ranks(model, lora.LoraSpec.from_config(widest_lora(study)), heads, family.default_targets)
+    except RankhouseError as exc:
+        raise study.error("lora", str(exc).removeprefix("lora: ").removeprefix("lora.")) from None
+    cfg["data"]["cache"] = {}
+    for split in ("train", "valid"):
+        path = stem_cache.build(root, split, stems_of(sources), base.samplerate, cfg["data"]["cache_dir"],
+                                progress=Progress(f"cache {split}"))
+        cfg["data"]["cache"][split] = str(path)
+    print("preflight: scoring the base model (new heads from their parents, no adapter) on the valid set")
+    valid = stem_cache.StemCache(cfg["data"]["cache"]["valid"])
+    metrics = loop.evaluate(model, valid, sources, base.samplerate, float(cfg["data"]["segment"]),
+                            torch.device("cpu"), cfg["train"]["valid_max_seconds"])
+    return Prepared(cfg, base.identity, metrics)

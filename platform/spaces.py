@@ -1,0 +1,286 @@
+"""Search-space files: load (Hydra compose: ``defaults:``, command-line overrides), validate, sample.
+
+Every error names the file, the key path and what was expected, before Ray starts. The space
+is sampled define-by-run through Optuna, so a parameter can depend on another (``when:``).
+
+    search:
+      space:
+        lora.rank: {type: choice, values: [4, 8, 16]}
+        optim.lr: {type: loguniform, low: 1.0e-4, high: 3.0e-3}
+        optim.warmup: {type: uniform, low: 0.0, high: 0.3, when: {optim.schedule: [linear, cosine]}}
+        lora.layer_ranks."encoder.0.*": {type: choice, values: [0, 4, 8]}
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainables.errors import RankhouseError
+
+REQUIRED = object()
+# None: any value (checked by the code that uses it); {} values marked FREE hold user keys
+FREE = "free-form mapping"
+DEFAULTS: dict[str, Any] = {
+    "study": REQUIRED,
+    "model": {"family": "htdemucs", "base": "embedded", "sources": REQUIRED, "parents": FREE},
+    "data": {
+        "root": "embedded",
+        "embedded": {"preset": "techhouse", "songs": 24, "seconds": 20.0, "seed": 0, "valid": None},
+        "stems": FREE,
+        "segment": 3.0,
+        "cache_dir": None,
+        "tolerance_db": 30.0,
+    },
+    "train": {"epochs": 4, "steps_per_epoch": 25, "batch_size": 4, "seed": 0, "valid_max_seconds": None,
+              "augment": True, "bf16": True},
+    "lora": {"rank": 8, "alpha": 16.0, "dropout": 0.0, "scaling": "standard", "targets": None, "layer_ranks": FREE},
+    "optim": {"lr": 1.0e-3, "schedule": "cosine", "warmup": 0.0, "weight_decay": 0.0, "grad_clip": 0.5},
+    "objective": {"metric": "valid/sdr", "mode": "max"},
+    "search": {
+        "algorithm": "optuna",
+        "num_samples": 8,
+        "max_concurrent": 2,
+        "seed": 0,
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        "space": FREE,
+    },
+    "resources": {"workers_per_trial": 1, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0, "max_failures": 0},
+    "tracking": {"uri": None, "experiment": None, "output": None},
+    "registry": {"model_name": None},
+}
+DISTRIBUTIONS = {"choice": {"values"}, "uniform": {"low", "high"}, "loguniform": {"low", "high"},
+                 "int": {"low", "high", "step"}, "logint": {"low", "high"}}
+SCHEDULERS = ("asha", "fifo")
+
+
+@dataclass
+class Param:
+    path: tuple[str, ...]
+    key: str  # as written in the file
+    type: str
+    spec: dict
+    when: dict[str, list]
+
+
+@dataclass
+class Study:
+    file: Path
+    config: dict  # fixed values: the base of every trial's config
+    params: list[Param]
+
+    @property
+    def name(self) -> str:
+        return self.config["study"]
+
+    def error(self, key: str, what: str) -> RankhouseError:
+        return RankhouseError(f"{self.file}: {key}: {what}")
+
+
+def split_key(key: str) -> tuple[str, ...]:
+    """``lora.layer_ranks."encoder.0.*"`` -> ("lora", "layer_ranks", "encoder.0.*")."""
+    if not re.fullmatch(r'(?:"[^"]+"|[^."]+)(?:\.(?:"[^"]+"|[^."]+))*', key):
+        raise ValueError(key)
+    return tuple(a or b for a, b in re.findall(r'"([^"]+)"|([^."]+)', key))
+
+
+def _type_name(v: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a mapping"}.get(type(v), type(v).__name__)
+
+
+def _check(file: Path, value: Any, default: Any, path: str) -> Any:
+    where = f"{file}: {path}"
+    if default is REQUIRED:
+        if value is None:
+            raise RankhouseError(f"{where}: required; set it in the file or as {path}=...")
+        return value
+    if default is FREE:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise RankhouseError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if isinstance(default, dict):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise RankhouseError(f"{where}: expected a mapping, got {value!r}")
+        unknown = sorted(set(value) - set(default))
+        if unknown:
+            raise RankhouseError(f"{where}.{unknown[0]}: unknown key; expected one of {', '.join(default)}")
+        return {k: _check(file, value.get(k), d, f"{path}.{k}" if path else k) for k, d in default.items()}
+    if value is None or default is None:
+        return default if value is None else value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise RankhouseError(f"{where}: expected {_type_name(default)}, got {value!r}")
+    return value
+
+
+def _compose(file: Path, overrides: list[str]) -> dict:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    if not file.is_file():
+        raise RankhouseError(f"{file}: no such search-space file")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(file.parent.resolve()), version_base=None, job_name="rankhouse"):
+            cfg = compose(config_name=file.stem, overrides=list(overrides))
+        data = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as exc:  # Hydra/OmegaConf/YAML: one line, naming the file
+        msg = " ".join(str(exc).split())
+        raise RankhouseError(f"{file}: {msg}") from None
+    finally:
+        GlobalHydra.instance().clear()
+    if not isinstance(data, dict):
+        raise RankhouseError(f"{file}: expected a mapping at the top level")
+    return data
+
+
+def _param(file: Path, config: dict, key: str, spec: Any, earlier: dict[str, Param]) -> Param:
+    where = f"{file}: search.space.{key}"
+    try:
+        path = split_key(key)
+    except ValueError:
+        raise RankhouseError(f'{where}: not a key path; write e.g. lora.rank or lora.layer_ranks."encoder.0.*"') from None
+    node, default = config, DEFAULTS
+    for i, part in enumerate(path):
+        free = default is FREE
+        if not free and (not isinstance(default, dict) or part not in default):
+            known = ", ".join(default) if isinstance(default, dict) else "nothing (a value, not a mapping)"
+            raise RankhouseError(f"{where}: {'.'.join(path[:i + 1])} is not a config key; expected one of {known}")
+        if free:
+            if i != len(path) - 1:
+                raise RankhouseError(f"{where}: a free-form mapping takes one key level (quote keys with dots)")
+            break
+        default = default[part]
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(default, dict) and default is not FREE:
+        raise RankhouseError(f"{where}: {key} is a section; search its keys instead")
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise RankhouseError(f"{where}: expected a mapping with a type: one of {', '.join(DISTRIBUTIONS)}")
+    kind = spec["type"]
+    if kind not in DISTRIBUTIONS:
+        raise RankhouseError(f"{where}.type: {kind!r}; expected one of {', '.join(DISTRIBUTIONS)}")
+    fields = set(spec) - {"type", "when"}
+    unknown = fields - DISTRIBUTIONS[kind]
+    if unknown:
+        raise RankhouseError(f"{where}.{sorted(unknown)[0]}: unknown for type {kind}; "
+                             f"expected {', '.join(sorted(DISTRIBUTIONS[kind]))}")
+    if kind == "choice":
+        values = spec.get("values")
+        if not isinstance(values, list) or not values:
+            raise RankhouseError(f"{where}.values: expected a non-empty list")
+    else:
+        for bound in ("low", "high"):
+            v = spec.get(bound)
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise RankhouseError(f"{where}.{bound}: expected a number, got {v!r}")
+            if kind in ("int", "logint") and not isinstance(v, int):
+                raise RankhouseError(f"{where}.{bound}: expected an integer for type {kind}, got {v!r}")
+        if not spec["low"] < spec["high"]:
+            raise RankhouseError(f"{where}: low ({spec['low']}) must be below high ({spec['high']})")
+        if kind in ("loguniform", "logint") and spec["low"] <= 0:
+            raise RankhouseError(f"{where}.low: {kind} needs low > 0, got {spec['low']}")
+        if "step" in spec and (not isinstance(spec["step"], int) or spec["step"] < 1):
+            raise RankhouseError(f"{where}.step: expected an integer >= 1")
+    when = spec.get("when") or {}
+    if not isinstance(when, dict):
+        raise RankhouseError(f"{where}.when: expected a mapping of earlier choice parameters to lists of values")
+    for other, values in when.items():
+        if other not in earlier or earlier[other].type != "choice":
+            raise RankhouseError(f"{where}.when.{other}: must name a choice parameter listed before {key}")
+        values = values if isinstance(values, list) else [values]
+        bad = [v for v in values if v not in earlier[other].spec["values"]]
+        if bad:
+            raise RankhouseError(f"{where}.when.{other}: {bad[0]!r} is not one of its values "
+                                 f"{earlier[other].spec['values']}")
+        when[other] = values
+    return Param(path, key, kind, spec, when)
+
+
+def load(file: Path | str, overrides: list[str] = ()) -> Study:
+    file = Path(file)
+    raw = _compose(file, overrides)
+    config = _check(file, raw, DEFAULTS, "")
+    study = config["study"]
+    if not isinstance(study, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study):
+        raise RankhouseError(f"{file}: study: {study!r}; expected a name of letters, digits, '-', '_' or '.'")
+    sources = config["model"]["sources"]
+    if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
+        raise RankhouseError(f"{file}: model.sources: expected a non-empty list of source names")
+    o = config["objective"]
+    if o["mode"] not in ("max", "min"):
+        raise RankhouseError(f"{file}: objective.mode: {o['mode']!r}; expected max or min")
+    s = config["search"]
+    if s["algorithm"] != "optuna":
+        raise RankhouseError(f"{file}: search.algorithm: {s['algorithm']!r}; expected optuna")
+    if s["scheduler"]["type"] not in SCHEDULERS:
+        raise RankhouseError(f"{file}: search.scheduler.type: {s['scheduler']['type']!r}; expected one of {SCHEDULERS}")
+    for key, minimum in (("num_samples", 1), ("max_concurrent", 1)):
+        if s[key] < minimum:
+            raise RankhouseError(f"{file}: search.{key}: {s[key]}; expected an integer >= {minimum}")
+    for key in ("epochs", "steps_per_epoch", "batch_size"):
+        if config["train"][key] < 1:
+            raise RankhouseError(f"{file}: train.{key}: {config['train'][key]}; expected an integer >= 1")
+    r = config["resources"]
+    if r["workers_per_trial"] < 1 or r["cpus_per_worker"] <= 0 or r["gpus_per_worker"] < 0:
+        raise RankhouseError(f"{file}: resources: need workers_per_trial >= 1, cpus_per_worker > 0, gpus_per_worker >= 0")
+    params: dict[str, Param] = {}
+    for key, spec in config["search"]["space"].items():
+        params[key] = _param(file, config, key, spec, params)
+    return Study(file, config, list(params.values()))
+
+
+def set_path(config: dict, path: tuple[str, ...], value: Any) -> None:
+    node = config
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = value
+
+
+def trial_config(study: Study, sampled: dict[str, Any]) -> dict:
+    """The full config of one trial: the fixed values with the sampled ones set (keys as in the file)."""
+    config = copy.deepcopy(study.config)
+    by_key = {p.key: p for p in study.params}
+    for key, value in sampled.items():
+        set_path(config, by_key[key].path, value)
+    config.pop("search", None)
+    return config
+
+
+class DefineByRun:
+    """Optuna define-by-run sampler for OptunaSearch: a conditional parameter is only suggested
+    when its ``when`` holds, so Optuna models each branch separately. A class, not a closure:
+    Tune pickles the searcher (with this) into its experiment state for ``--resume``."""
+
+    def __init__(self, params: list[Param]):
+        self.params = params
+
+    def __call__(self, trial) -> None:
+        chosen: dict[str, Any] = {}
+        for p in self.params:
+            if any(chosen.get(other) not in values for other, values in p.when.items()):
+                continue
+            s = p.spec
+            if p.type == "choice":
+                value = trial.suggest_categorical(p.key, s["values"])
+            elif p.type in ("uniform", "loguniform"):
+                value = trial.suggest_float(p.key, s["low"], s["high"], log=p.type == "loguniform")
+            else:
+                value = trial.suggest_int(p.key, s["low"], s["high"], step=s.get("step", 1), log=p.type == "logint")
+            chosen[p.key] = value

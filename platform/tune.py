@@ -1,0 +1,226 @@
+"""``python -m platform.tune SPACE.yaml [key=value ...] [--json SUMMARY.json]``: search LoRA configurations.
+
+Ray Tune samples configurations with Optuna (TPE, multivariate, define-by-run; the study kept
+in SQLite) and stops weak trials early with ASHA; each trial is a Ray Train job running
+``trainables.loop``; MLflow gets a parent run for the study and a child run per trial.
+Everything that can be wrong with the inputs is checked before Ray starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from platform import spaces
+from platform.cli import run
+from platform.preflight import prepare
+from trainables import tracking
+from trainables.errors import RankhouseError
+
+# Ray Train V2 polls its workers every 2 s by default; on a short trial that is most of the
+# overhead (see benchmarks/trial_overhead.py). Users may still override these.
+RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+TRIAL_FUNCTION_CPU = 0.01  # Ray refuses 0; the trial function itself only waits on its Train run
+
+
+def output_dir(study: spaces.Study) -> Path:
+    return Path(study.config["tracking"]["output"] or Path("runs") / study.name).resolve()
+
+
+def tracking_uri(study: spaces.Study, out: Path) -> str:
+    return study.config["tracking"]["uri"] or f"sqlite:///{out / 'mlflow.db'}"
+
+
+def start_parent(uri: str, study: spaces.Study, prepared) -> tuple[str, str, str]:
+    mlflow = tracking.client(uri)
+    name = study.config["tracking"]["experiment"] or study.name
+    exp = mlflow.get_experiment_by_name(name)
+    exp_id = exp.experiment_id if exp else mlflow.create_experiment(name)
+    parent = mlflow.create_run(exp_id, run_name=f"{study.name}-study", tags={tracking.STUDY_TAG: study.name,
+                                                                             "rankhouse.space": str(study.file)})
+    pid = parent.info.run_id
+    tracking.log_params(mlflow, pid, {**tracking.flatten({k: v for k, v in prepared.config.items()
+                                                            if k not in ("search",)}),
+                                      "base.name": prepared.base_identity["name"],
+                                      "base.sha256": prepared.base_identity["sha256"]})
+    tracking.log_metrics(mlflow, pid, {f"base/{k}": v for k, v in prepared.base_metrics.items()}, step=0)
+    mlflow.log_artifact(pid, str(study.file))
+    return name, exp_id, pid
+
+
+def concurrency(study: spaces.Study, total_cpus: float) -> int:
+    """Trials that fit side by side: a trial holds its function's CPU share plus its workers'."""
+    r = study.config["resources"]
+    per_trial = TRIAL_FUNCTION_CPU + r["workers_per_trial"] * r["cpus_per_worker"]
+    if per_trial > total_cpus:
+        raise RankhouseError(f"{study.file}: resources: a trial needs {per_trial:g} CPUs "
+                             f"({r['workers_per_trial']} workers x {r['cpus_per_worker']:g} + {TRIAL_FUNCTION_CPU}) "
+                             f"but the cluster has {total_cpus:g}; lower resources.cpus_per_worker")
+    fits = int(total_cpus // per_trial)
+    wanted = study.config["search"]["max_concurrent"]
+    if fits < wanted:
+        print(f"note: search.max_concurrent {wanted} lowered to {fits}: a trial needs {per_trial:g} of "
+              f"{total_cpus:g} CPUs (more would wait on each other's workers and time out)")
+    return max(1, min(wanted, fits))
+
+
+def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, parent_id: str):
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from trainables.trial import run_trial
+
+    if not ray.is_initialized():
+        os.environ.update({k: os.environ.get(k, v) for k, v in RAY_ENV.items()})
+        ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": RAY_ENV},
+                 log_to_driver=bool(os.environ.get("RANKHOUSE_RAY_LOGS")))
+    cfg = study.config
+    metric, mode = cfg["objective"]["metric"], cfg["objective"]["mode"]
+    s = cfg["search"]
+    gpus = cfg["resources"]["gpus_per_worker"]
+    if gpus > 0 and ray.cluster_resources().get("GPU", 0) < gpus:
+        raise RankhouseError(f"{study.file}: resources.gpus_per_worker: {gpus:g} but the cluster has "
+                             f"{ray.cluster_resources().get('GPU', 0):g} GPUs")
+    limit = concurrency(study, ray.cluster_resources().get("CPU", 1))
+    searcher = OptunaSearch(
+        space=spaces.DefineByRun(study.params), metric=metric, mode=mode,
+        sampler=optuna.samplers.TPESampler(seed=s["seed"], multivariate=True),
+        study_name=study.name, storage=optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}"),
+    )
+    sch = s["scheduler"]
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg["train"]["epochs"],
+                               grace_period=sch["grace_period"], reduction_factor=sch["reduction_factor"])
+                 if sch["type"] == "asha" else FIFOScheduler())
+    payload = {
+        "name": study.name,
+        "config": {k: v for k, v in prepared.config.items() if k != "search"},
+        "paths": {p.key: list(p.path) for p in study.params},
+        "tracking": {"uri": uri, "experiment_id": exp_id, "parent_id": parent_id},
+        "storage_path": str(out / "ray"),
+    }
+    trainable = tune.with_resources(tune.with_parameters(run_trial, study=payload), {"cpu": TRIAL_FUNCTION_CPU})
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=limit), scheduler=scheduler,
+            num_samples=s["num_samples"], metric=metric, mode=mode,
+            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+        ),
+        run_config=tune.RunConfig(name=study.name, storage_path=str(out / "ray"), verbose=1),
+    )
+    return tuner.fit()
+
+
+def summarize(study: spaces.Study, results, prepared, uri: str, experiment: str, exp_id: str, parent_id: str) -> dict:
+    """One row per trial from MLflow (the record users browse), with Tune's errors and configs."""
+    mlflow = tracking.client(uri)
+    tune_trials = {Path(r.path).name.removeprefix("trial_"): r for r in results}
+    metric, mode = study.config["objective"]["metric"], study.config["objective"]["mode"]
+    trials = []
+    for run in tracking.children(mlflow, exp_id, parent_id):
+        tid = run.data.tags.get(tracking.TRIAL_TAG)
+        history = mlflow.get_metric_history(run.info.run_id, tracking.key(metric))
+        status = run.info.status
+        result = tune_trials.get(tid)
+        failure = run.data.tags.get("rankhouse.failure")
+        if status == "RUNNING":  # Tune ended the trial function before it could close its run
+            if result is not None and result.error is not None:
+                status, failure = "FAILED", " ".join(str(result.error).split())[:4000]
+                mlflow.set_tag(run.info.run_id, "rankhouse.failure", failure)
+            elif len(history) >= study.config["train"]["epochs"]:
+                status = "FINISHED"  # the trial's last report and Tune's stop crossed
+            else:
+                mlflow.set_tag(run.info.run_id, "rankhouse.stopped_by", "scheduler")
+                status = "STOPPED"
+            mlflow.set_terminated(run.info.run_id, status={"STOPPED": "KILLED"}.get(status, status))
+        trials.append({
+            "trial_id": tid, "run_id": run.info.run_id, "status": status,
+            "config": dict(result.config) if result is not None else {},
+            "metrics": {k: v for k, v in run.data.metrics.items() if k.startswith(("valid/", "train/"))},
+            "best": max((m.value for m in history), default=None) if mode == "max"
+            else min((m.value for m in history), default=None),
+            "epochs": len(history),
+            "adapter": f"runs:/{run.info.run_id}/adapter" if run.data.tags.get("rankhouse.best_epoch") else None,
+            "failure": failure,
+        })
+    sign = -1 if mode == "max" else 1
+    trials.sort(key=lambda t: (t["best"] is None or not math.isfinite(t["best"]), sign * (t["best"] or 0)))
+    best = next((t for t in trials if t["best"] is not None and t["adapter"]), None)
+    if best:
+        mlflow.set_tag(parent_id, "rankhouse.best_run", best["run_id"])
+        mlflow.log_metric(parent_id, tracking.key(f"best/{metric}"), best["best"])
+    mlflow.set_terminated(parent_id, status="FINISHED")
+    return {"study": study.name, "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent_id,
+            "objective": {"metric": metric, "mode": mode}, "base": {"identity": prepared.base_identity,
+                                                                    "metrics": prepared.base_metrics},
+            "trials": trials, "best": best}
+
+
+def short(key: str) -> str:
+    """``lora.layer_ranks."encoder.*"`` -> ``r[encoder.*]``; ``optim.lr`` -> ``lr``."""
+    parts = spaces.split_key(key)
+    return f"r[{parts[2]}]" if parts[:2] == ("lora", "layer_ranks") else parts[-1]
+
+
+def print_table(summary: dict) -> None:
+    metric = summary["objective"]["metric"]
+    base = summary["base"]["metrics"].get(metric)
+    sources = sorted(k.removeprefix(metric + "/") for k in summary["base"]["metrics"] if k.startswith(metric + "/"))
+    head = f"{'trial':<12} {'status':<9} {'ep':>3} {metric:>10} " + " ".join(f"{s[:7]:>7}" for s in sources) + "  config"
+    print("\n" + head)
+    print("-" * len(head))
+    if base is not None:
+        print(f"{'base':<12} {'':<9} {'':>3} {base:>10.3f} " + " ".join(
+            f"{summary['base']['metrics'][f'{metric}/{s}']:>7.2f}" for s in sources) + "  (no adapter)")
+    for t in summary["trials"]:
+        best = f"{t['best']:.3f}" if t["best"] is not None else "-"
+        per = " ".join(f"{t['metrics'].get(f'{metric}/{s}', float('nan')):>7.2f}" for s in sources)
+        cfg = " ".join(f"{short(k)}={v:.3g}" if isinstance(v, float) else f"{short(k)}={v}"
+                       for k, v in t["config"].items())
+        print(f"{t['trial_id'] or '?':<12} {t['status']:<9} {t['epochs']:>3} {best:>10} {per}  {cfg}")
+    print("(per-source columns: the trial's last epoch; the objective column: its best epoch)")
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m platform.tune", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("space", type=Path, help="search-space YAML, e.g. search_spaces/techhouse.yaml")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. search.num_samples=4 train.epochs=2")
+    p.add_argument("--json", type=Path, help="write the summary here")
+    args = p.parse_args(argv)
+
+    study = spaces.load(args.space, args.overrides)
+    out = output_dir(study)
+    out.mkdir(parents=True, exist_ok=True)
+    prepared = prepare(study)
+    uri = tracking_uri(study, out)
+    experiment, exp_id, parent_id = start_parent(uri, study, prepared)
+    print(f"tracking: {uri}\nexperiment: {experiment}\nparent run: {parent_id}\n"
+          f"browse: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    print(f"base: {prepared.base_identity['name']} ({(prepared.base_identity['sha256'] or '')[:12]}) "
+          f"{study.config['objective']['metric']} = {prepared.base_metrics.get(study.config['objective']['metric'], float('nan')):.3f}")
+    results = run_search(study, prepared, out, uri, exp_id, parent_id)
+    summary = summarize(study, results, prepared, uri, experiment, exp_id, parent_id)
+    print_table(summary)
+    if summary["best"]:
+        b = summary["best"]
+        print(f"\nbest: trial {b['trial_id']} {summary['objective']['metric']} = {b['best']:.3f} "
+              f"(base {prepared.base_metrics.get(summary['objective']['metric'], float('nan')):.3f}); adapter {b['adapter']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=1, default=str))
+        print(f"summary: {args.json}")
+    print(f"browse: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    return 0 if summary["best"] else 1
+
+
+if __name__ == "__main__":
+    run(main)

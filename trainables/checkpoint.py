@@ -1,0 +1,80 @@
+"""Trial checkpoints without pickles: tensors in safetensors, everything else in JSON.
+
+A checkpoint folder holds the PEFT adapter (``adapter/``) or, for full training, the whole
+model (``model.safetensors``); the optimizer's tensors (``optimizer.safetensors``); and
+``state.json`` (epoch, step, scheduler, RNG states, metrics).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+STATE = "state.json"
+OPTIMIZER = "optimizer.safetensors"
+ADAPTER = "adapter"
+MODEL = "model.safetensors"
+
+
+def save_weights(model: torch.nn.Module, folder: Path) -> None:
+    from peft import PeftModel
+
+    from trainables import lora
+
+    if isinstance(model, PeftModel):
+        lora.save(model, folder / ADAPTER)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(folder / MODEL))
+
+
+def load_weights(model: torch.nn.Module, folder: Path) -> None:
+    from peft import PeftModel
+
+    from trainables import lora
+
+    if isinstance(model, PeftModel):
+        lora.load_weights(model, folder / ADAPTER)
+    else:
+        model.load_state_dict(load_file(str(folder / MODEL)))
+
+
+def _optimizer_split(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, plain = {}, {"param_groups": state_dict["param_groups"], "state": {}}
+    for idx, entry in state_dict["state"].items():
+        plain["state"][str(idx)] = {}
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                plain["state"][str(idx)][key] = value
+    return tensors, plain
+
+
+def _optimizer_join(tensors: dict[str, torch.Tensor], plain: dict) -> dict:
+    state = {int(idx): dict(entry) for idx, entry in plain["state"].items()}
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    return {"param_groups": plain["param_groups"], "state": state}
+
+
+def save(folder: Path, optimizer, scheduler, epoch: int, step: int, sampler_state: dict | None,
+         metrics: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors, plain = _optimizer_split(optimizer.state_dict())
+    save_file(tensors, str(folder / OPTIMIZER))
+    (folder / STATE).write_text(json.dumps({
+        "epoch": epoch, "step": step, "optimizer": plain, "scheduler": scheduler.state_dict(),
+        "rng": {"torch": torch.get_rng_state().tolist(), "sampler": sampler_state}, "metrics": metrics,
+    }))
+
+
+def load(folder: Path) -> tuple[dict, dict]:
+    """(optimizer state_dict, state) of a checkpoint folder."""
+    state = json.loads((folder / STATE).read_text())
+    optimizer = _optimizer_join(load_file(str(folder / OPTIMIZER)), state.pop("optimizer"))
+    return optimizer, state

@@ -1,0 +1,59 @@
+"""The protocol every model family implements, so the loop, the search, tracking and promotion
+never special-case a model. A family is one module in ``trainables/`` registered by name."""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from trainables.errors import RankhouseError
+
+# name -> "module:Class"; adding a family adds one line here and nothing in platform/ or loop.py
+FAMILIES = {
+    "htdemucs": "trainables.htdemucs:HTDemucsFamily",
+}
+
+
+@dataclass
+class Base:
+    """A base model and what an adapter must know about it."""
+
+    model: nn.Module
+    sources: list[str]
+    samplerate: int
+    segment: float  # seconds per inference chunk (the training segment length)
+    identity: dict  # {"name": ..., "sha256": ...}: an adapter is never applied to another base
+    config: dict = field(default_factory=dict)
+
+
+class Family(ABC):
+    name: str
+    objective: tuple[str, str] = ("valid/sdr", "max")
+    # placement groups for search spaces: group name -> glob patterns over module paths
+    layer_groups: dict[str, list[str]] = {}
+    default_targets: list[str] = ["*"]
+
+    @abstractmethod
+    def build_base(self, cfg: dict) -> Base:
+        """Build the base from ``cfg['base']``: ``embedded``, a pretrained name, or a checkpoint path."""
+
+    def adapt_sources(self, base: Base, sources: list[str], parents: dict[str, str]) -> tuple[nn.Module, list[str]]:
+        """A model for ``sources`` and the modules to train fully (new output heads), if any."""
+        if list(sources) != list(base.sources):
+            raise RankhouseError(f"model.sources: {self.name} cannot change its sources")
+        return base.model, []
+
+    def loss(self, model: nn.Module, mix: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """L1 on waveforms, as Demucs and MSST train."""
+        return (model(mix) - targets).abs().mean()
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise RankhouseError(f"model.family: unknown family {name!r}; choose one of {', '.join(sorted(FAMILIES))}")
+    module, cls = FAMILIES[name].split(":")
+    return getattr(importlib.import_module(module), cls)()

@@ -1,0 +1,199 @@
+"""HT-Demucs (``demucs.htdemucs.HTDemucs``) as a rankhouse model family.
+
+Bases: ``embedded`` (a small 4-stem HT-Demucs trained by ``python -m platform.base`` and
+shipped under ``trainables/assets/``), a local checkpoint path (``.safetensors`` written by
+rankhouse, or a demucs ``.th`` package read with ``weights_only=True``), or a pretrained
+demucs name (``htdemucs``, ``htdemucs_ft``, ...) whose weights are already in torch hub's cache.
+
+Source heads: the last frequency and time decoders' transposed convolutions emit one block of
+channels per source. ``adapt_sources`` rebuilds them for the target sources, initialising a
+new source from its parent (kick and hihat from drums), and returns them as modules to train
+fully; shared sources keep their exact weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from trainables.errors import RankhouseError
+from trainables.family import Base, Family
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+EMBEDDED = ASSETS / "htdemucs_embedded.safetensors"
+HUB_CHECKPOINTS = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+
+# the embedded base's architecture: depth 4 with nfft 4096 (shallower models attend over
+# thousands of frequency bins and run out of memory), 16 channels, 22.05 kHz, 2 transformer layers
+EMBEDDED_KWARGS = dict(audio_channels=2, channels=16, depth=4, nfft=4096, samplerate=22050, segment=3,
+                       t_layers=2, bottom_channels=0)
+EMBEDDED_SOURCES = ["drums", "bass", "other", "vocals"]
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def new_model(sources: list[str], kwargs: dict) -> nn.Module:
+    from demucs.htdemucs import HTDemucs
+
+    return HTDemucs(list(sources), **kwargs)
+
+
+def save_checkpoint(model: nn.Module, path: Path, kwargs: dict, extra: dict | None = None) -> str:
+    """Write a base checkpoint as safetensors, architecture in the metadata; returns its sha256."""
+    meta = {"family": "htdemucs", "sources": json.dumps(list(model.sources)), "kwargs": json.dumps(kwargs)}
+    meta.update({k: json.dumps(v) for k, v in (extra or {}).items()})
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return sha256(path)
+
+
+def load_safetensors(path: Path) -> tuple[nn.Module, dict]:
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        sources, kwargs = json.loads(meta["sources"]), json.loads(meta["kwargs"])
+    except (KeyError, json.JSONDecodeError, OSError, Exception) as exc:
+        raise RankhouseError(f"{path}: not a rankhouse HT-Demucs checkpoint ({type(exc).__name__}); "
+                             "write one with python -m platform.base") from None
+    model = new_model(sources, kwargs)
+    model.load_state_dict(load_file(str(path)))
+    return model, kwargs
+
+
+def load_demucs_package(path: Path) -> tuple[nn.Module, dict]:
+    """A demucs ``.th`` package ({klass, args, kwargs, state}), unpickled with weights_only=True."""
+    from demucs.htdemucs import HTDemucs
+
+    try:
+        with torch.serialization.safe_globals([HTDemucs, Fraction]):
+            package = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise RankhouseError(f"{path}: cannot be read safely as a demucs checkpoint ({str(exc).splitlines()[0]}); "
+                             "only HTDemucs packages are accepted") from None
+    if not isinstance(package, dict) or package.get("klass") is not HTDemucs:
+        raise RankhouseError(f"{path}: not an HTDemucs package (bags of models are not supported; pass one member)")
+    kwargs = dict(package["kwargs"])
+    sources = kwargs.pop("sources")
+    model = HTDemucs(sources, *package.get("args", ()), **kwargs)
+    model.load_state_dict(package["state"])
+    return model, kwargs
+
+
+def find_pretrained(name: str) -> Path:
+    """The cached weights of a pretrained demucs model; no download is ever attempted."""
+    import yaml
+    from demucs import pretrained
+
+    remote = Path(pretrained.__file__).parent / "remote"
+    spec = remote / f"{name}.yaml"
+    if not spec.is_file():
+        names = sorted(p.stem for p in remote.glob("*.yaml"))
+        raise RankhouseError(f"model.base: unknown pretrained model {name!r}; known: {', '.join(names)}, "
+                             "or 'embedded', or a checkpoint path")
+    models = yaml.safe_load(spec.read_text()).get("models", [])
+    if len(models) != 1:
+        raise RankhouseError(f"model.base: {name} is a bag of {len(models)} models; pass one member's "
+                             f"checkpoint path from {HUB_CHECKPOINTS} instead")
+    files = [line.strip() for line in (remote / "files.txt").read_text().splitlines() if line.startswith(models[0])]
+    expected = files[0] if files else f"{models[0]}-<checksum>.th"
+    path = HUB_CHECKPOINTS / expected
+    if not path.is_file():
+        raise RankhouseError(f"model.base: weights of {name} are not on this machine; put {expected} in "
+                             f"{HUB_CHECKPOINTS} (rankhouse never downloads at run time)")
+    return path
+
+
+class HTDemucsFamily(Family):
+    name = "htdemucs"
+    # placement groups (real module paths); the heads are excluded when rebuilt
+    layer_groups = {
+        "freq_encoder": ["encoder.*"],
+        "time_encoder": ["tencoder.*"],
+        "transformer": ["crosstransformer.*", "channel_upsampler*", "channel_downsampler*"],
+        "freq_decoder": ["decoder.*"],
+        "time_decoder": ["tdecoder.*"],
+    }
+    # the layers that carry the model: each encoder/decoder's main conv and 1x1 rewrite, and the
+    # cross-domain transformer. The DConv residual branches are left out by default: they are
+    # bottlenecks of a few channels (a 16-channel layer's branch has 2), so any useful rank
+    # would exceed their min(fan_in, fan_out).
+    default_targets = ["encoder.*.conv", "encoder.*.rewrite", "tencoder.*.conv", "tencoder.*.rewrite",
+                       "decoder.*.conv_tr", "decoder.*.rewrite", "tdecoder.*.conv_tr", "tdecoder.*.rewrite",
+                       "crosstransformer.*"]
+
+    def build_base(self, cfg: dict) -> Base:
+        base = str(cfg.get("base", "embedded"))
+        if base == "scratch":  # a freshly initialised model: what the embedded base is trained from
+            sources = list(cfg.get("base_sources") or EMBEDDED_SOURCES)
+            kwargs = {**EMBEDDED_KWARGS, **dict(cfg.get("kwargs") or {})}
+            model = new_model(sources, kwargs)
+            return Base(model=model, sources=sources, samplerate=int(model.samplerate), segment=float(model.segment),
+                        identity={"name": "scratch", "sha256": None}, config={"kwargs": kwargs})
+        if base == "embedded":
+            if not EMBEDDED.is_file():
+                raise RankhouseError(f"{EMBEDDED}: the embedded base is missing; rebuild it with make base")
+            path = EMBEDDED
+        elif base.endswith((".safetensors", ".th")) or os.sep in base:
+            path = Path(base).expanduser()
+            if not path.is_file():
+                raise RankhouseError(f"model.base: {path}: no such file")
+        else:
+            path = find_pretrained(base)
+        model, kwargs = load_safetensors(path) if path.suffix == ".safetensors" else load_demucs_package(path)
+        model.eval()
+        return Base(model=model, sources=list(model.sources), samplerate=int(model.samplerate),
+                    segment=float(model.segment), identity={"name": base, "sha256": sha256(path)},
+                    config={"kwargs": kwargs})
+
+    @staticmethod
+    def heads(model: nn.Module) -> list[str]:
+        return [f"decoder.{len(model.decoder) - 1}.conv_tr", f"tdecoder.{len(model.tdecoder) - 1}.conv_tr"]
+
+    def adapt_sources(self, base: Base, sources: list[str], parents: dict[str, str]) -> tuple[nn.Module, list[str]]:
+        sources = list(sources)
+        if sources == base.sources:
+            return base.model, []
+        origin = []
+        for s in sources:
+            parent = s if s in base.sources else parents.get(s)
+            if parent is None:
+                raise RankhouseError(f"model.sources: {s!r} is not a source of the base ({', '.join(base.sources)}) "
+                                     f"and has no parent; add model.parents.{s}: <one of {', '.join(base.sources)}>")
+            if parent not in base.sources:
+                raise RankhouseError(f"model.parents.{s}: {parent!r} is not a source of the base "
+                                     f"({', '.join(base.sources)})")
+            origin.append(base.sources.index(parent))
+        model = new_model(sources, base.config["kwargs"])
+        old, new = base.model.state_dict(), model.state_dict()
+        heads = self.heads(model)
+        for key, value in old.items():
+            head = next((h for h in heads if key.startswith(h + ".")), None)
+            if head is None:
+                new[key] = value.clone()
+                continue
+            # dim 1 of a transposed conv weight (dim 0 of its bias) holds one block per source
+            dim = 1 if key.endswith("weight") else 0
+            block = value.shape[dim] // len(base.sources)
+            parts = [value.narrow(dim, i * block, block) for i in origin]
+            new[key] = torch.cat(parts, dim=dim).clone()
+        model.load_state_dict(new)
+        model.eval()
+        return model, heads

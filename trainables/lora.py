@@ -1,0 +1,235 @@
+"""LoRA through PEFT on real module paths, with ConvTranspose support and explicit per-module ranks.
+
+- ``targets`` and ``layer_ranks`` are ordered glob patterns over ``named_modules()`` paths; they
+  resolve to an explicit {module: rank} map (first matching ``layer_ranks`` pattern wins, rank 0
+  means "no adapter"). A pattern that matches nothing is an error naming close matches.
+- PEFT gets disjoint exact names: it sorts ``rank_pattern`` keys when saving, so overlapping
+  patterns would reload with the wrong shapes.
+- PEFT has no LoRA for ConvTranspose1d/2d (HT-Demucs' decoders); ``LoraConvTranspose`` is
+  registered through PEFT's custom-module mechanism, so it saves, loads and merges like the
+  built-in layers.
+- A rank above a layer's min(fan_in, fan_out) is an error before training.
+- Scaling is explicit: ``standard`` (alpha / r) or ``rslora`` (alpha / sqrt(r)).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora.layer import _ConvNd
+from torch import nn
+
+from trainables.errors import RankhouseError
+
+ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.MultiheadAttention)
+SCALINGS = ("standard", "rslora")
+
+
+class LoraConvTranspose(_ConvNd):
+    """LoRA for ConvTranspose{1,2}d: A is a transposed conv with the base's kernel/stride/padding
+    into r channels, B a pointwise map r -> out. Their composition is itself a transposed conv
+    with weight W[i, o, k] = sum_r A[i, r, k] B[r, o], so merging is exact."""
+
+    def _get_in_out_features(self, module: nn.Module):
+        return module.in_channels, module.out_channels
+
+    @property
+    def lora_variants(self):
+        return {(): None}
+
+    def update_layer(self, adapter_name, r, lora_alpha, config, **kwargs):
+        if config.use_dora:
+            raise ValueError("DoRA is not supported for ConvTranspose layers")
+        base = self.get_base_layer()
+        if base.groups != 1 or base.dilation != (1,) * len(base.dilation):
+            raise ValueError("LoRA for ConvTranspose supports groups=1 and dilation=1 only")
+        self.r[adapter_name] = r
+        self.lora_alpha[adapter_name] = lora_alpha
+        self.lora_dropout[adapter_name] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        conv = type(base)
+        ones = (1,) * len(base.kernel_size)
+        self.lora_A[adapter_name] = conv(self.in_features, r, base.kernel_size, base.stride, base.padding,
+                                         output_padding=base.output_padding, bias=False)
+        self.lora_B[adapter_name] = conv(r, self.out_features, ones, ones, bias=False)
+        self.lora_bias[adapter_name] = False
+        self.scaling[adapter_name] = lora_alpha / (math.sqrt(r) if config.use_rslora else r)
+        self.use_rslora[adapter_name] = config.use_rslora
+        self.use_dora[adapter_name] = False
+        if config.init_lora_weights:
+            self.reset_lora_parameters(adapter_name, config.init_lora_weights)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    def get_delta_weight(self, adapter) -> torch.Tensor:
+        a = self.lora_A[adapter].weight  # (in, r, *k)
+        b = self.lora_B[adapter].weight.flatten(2)[..., 0]  # (r, out)
+        return torch.einsum("ir...,ro->io...", a, b) * self.scaling[adapter]
+
+
+CUSTOM_MODULES = {nn.ConvTranspose1d: LoraConvTranspose, nn.ConvTranspose2d: LoraConvTranspose}
+
+
+@dataclass
+class LoraSpec:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    scaling: str = "standard"
+    targets: list[str] | None = None  # None: the family's default targets
+    layer_ranks: dict[str, int] = field(default_factory=dict)  # ordered: first match wins
+
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> "LoraSpec":
+        known = {"rank", "alpha", "dropout", "scaling", "targets", "layer_ranks"}
+        unknown = set(cfg) - known - {"rank_mode"}
+        if unknown:
+            raise RankhouseError(f"lora: unknown key(s) {sorted(unknown)}; expected {sorted(known)}")
+        spec = cls(**{k: v for k, v in cfg.items() if k in known})
+        if spec.targets is not None:
+            spec.targets = [spec.targets] if isinstance(spec.targets, str) else list(spec.targets)
+        spec.layer_ranks = {str(k): int(v) for k, v in dict(spec.layer_ranks or {}).items()}
+        if spec.scaling not in SCALINGS:
+            raise RankhouseError(f"lora.scaling: {spec.scaling!r}; expected one of {SCALINGS}")
+        if int(spec.rank) < 1:
+            raise RankhouseError(f"lora.rank: {spec.rank}; expected an integer >= 1")
+        if not 0 <= float(spec.dropout) < 1:
+            raise RankhouseError(f"lora.dropout: {spec.dropout}; expected 0 <= dropout < 1")
+        spec.rank, spec.alpha, spec.dropout = int(spec.rank), float(spec.alpha), float(spec.dropout)
+        return spec
+
+
+def fan(module: nn.Module) -> tuple[int, int]:
+    """(fan_in, fan_out) of the weight matrix a LoRA delta has to approximate."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, nn.MultiheadAttention):
+        return module.embed_dim, module.embed_dim
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return module.in_channels // module.groups * math.prod(module.kernel_size), module.out_channels
+    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d)):
+        return module.in_channels * math.prod(module.kernel_size), module.out_channels
+    raise TypeError(type(module).__name__)
+
+
+def adaptable_modules(model: nn.Module, exclude: list[str] = ()) -> dict[str, nn.Module]:
+    """Modules LoRA can adapt, by real path. A MultiheadAttention's out_proj is not offered:
+    PEFT wraps the whole attention module, so targeting out_proj alone would do nothing."""
+    out = {}
+    attn = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    for name, module in model.named_modules():
+        if not name or not isinstance(module, ADAPTABLE):
+            continue
+        if any(name.startswith(a + ".") for a in attn) or name in exclude:
+            continue
+        out[name] = module
+    return out
+
+
+def _no_match(kind: str, pattern: str, names: list[str]) -> RankhouseError:
+    close = difflib.get_close_matches(pattern.rstrip("*."), names, n=3, cutoff=0.4)
+    hint = f"; close matches: {', '.join(close)}" if close else ""
+    return RankhouseError(f"lora.{kind}: pattern {pattern!r} matches no adaptable module{hint}")
+
+
+def resolve_ranks(model: nn.Module, spec: LoraSpec, exclude: list[str] = (),
+                  default_targets: list[str] = ("*",)) -> dict[str, int]:
+    """The explicit {module path: rank} map this spec means for this model (rank 0 entries dropped)."""
+    modules = adaptable_modules(model, exclude)
+    names = list(modules)
+    targeted = []
+    for pattern in spec.targets if spec.targets is not None else default_targets:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise _no_match("targets", pattern, names)
+        targeted += [n for n in hits if n not in targeted]
+    ranks = {n: spec.rank for n in targeted}
+    for pattern in spec.layer_ranks:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in targeted):
+            raise _no_match("layer_ranks", pattern, targeted)
+    for n in targeted:
+        for pattern, r in spec.layer_ranks.items():
+            if fnmatch.fnmatchcase(n, pattern):
+                if r < 0:
+                    raise RankhouseError(f"lora.layer_ranks.{pattern}: rank {r}; expected an integer >= 0")
+                ranks[n] = r
+                break
+    ranks = {n: r for n, r in ranks.items() if r > 0}
+    if not ranks:
+        raise RankhouseError("lora: no module gets an adapter (every targeted layer has rank 0)")
+    for n, r in ranks.items():
+        fan_in, fan_out = fan(modules[n])
+        if r > min(fan_in, fan_out):
+            raise RankhouseError(f"lora: rank {r} for {n} exceeds min(fan_in, fan_out) = {min(fan_in, fan_out)} "
+                                 f"({type(modules[n]).__name__} {fan_in}->{fan_out}); lower it in layer_ranks")
+    return ranks
+
+
+def lora_config(ranks: dict[str, int], spec: LoraSpec, modules_to_save: list[str] = ()) -> LoraConfig:
+    default = max(set(ranks.values()), key=list(ranks.values()).count)
+    config = LoraConfig(
+        r=default,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        use_rslora=spec.scaling == "rslora",
+        target_modules=sorted(ranks),
+        # exact names (PEFT anchors keys at a dot boundary and the end): disjoint by construction,
+        # so PEFT's sorting of the keys on save is harmless
+        rank_pattern={re.escape(n): r for n, r in sorted(ranks.items()) if r != default},
+        modules_to_save=list(modules_to_save) or None,
+        bias="none",
+    )
+    config._register_custom_module(CUSTOM_MODULES)
+    return config
+
+
+def apply(model: nn.Module, spec: LoraSpec, modules_to_save: list[str] = (),
+          default_targets: list[str] = ("*",)) -> tuple[PeftModel, dict[str, int]]:
+    """Wrap ``model`` with adapters; only adapter and ``modules_to_save`` parameters train."""
+    ranks = resolve_ranks(model, spec, list(modules_to_save), default_targets)
+    peft_model = get_peft_model(model, lora_config(ranks, spec, modules_to_save))
+    return peft_model, ranks
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def save(model: PeftModel, folder: Path) -> Path:
+    """PEFT format: adapter_config.json + adapter_model.safetensors (never pickles)."""
+    folder = Path(folder)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def load_config(folder: Path) -> LoraConfig:
+    folder = Path(folder)
+    if not (folder / "adapter_config.json").is_file() or not (folder / "adapter_model.safetensors").is_file():
+        raise RankhouseError(f"{folder}: not a PEFT adapter (needs adapter_config.json and adapter_model.safetensors)")
+    try:
+        config = LoraConfig.from_pretrained(str(folder))
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise RankhouseError(f"{folder}/adapter_config.json: unreadable ({exc})") from None
+    config._register_custom_module(CUSTOM_MODULES)  # not serialised by PEFT
+    return config
+
+
+def load_weights(model: PeftModel, folder: Path) -> None:
+    """Load a saved adapter's weights into a PeftModel built with the same config (resume)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(Path(folder) / "adapter_model.safetensors")))
+
+
+def load(base: nn.Module, folder: Path, trainable: bool = False) -> PeftModel:
+    """``PeftModel.from_pretrained`` with the custom ConvTranspose layers registered."""
+    return PeftModel.from_pretrained(base, str(folder), config=load_config(folder), is_trainable=trainable)

@@ -1,0 +1,73 @@
+"""MLflow helpers shared by the driver (study parent run) and the trial workers (child runs).
+
+One parent run per study, one child run per trial. A trial's child run is created once, by
+the Tune trial function, and found again by its ``rankhouse.trial_id`` tag when the trial is
+retried or the study resumed, so a trial never has two runs. Only rank 0 of a trial logs.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Iterable
+
+PARENT_TAG = "mlflow.parentRunId"
+STUDY_TAG = "rankhouse.study"
+TRIAL_TAG = "rankhouse.trial_id"
+_BAD = re.compile(r"[^\w\-. /:]")
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def key(name: str) -> str:
+    """MLflow keys allow letters, digits, _ - . space / : only; glob stars become ALL."""
+    return _BAD.sub("_", name.replace("*", "ALL").replace("?", "ANY").replace('"', ""))
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in config.items():
+        name = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, name))
+        else:
+            out[name] = v
+    return out
+
+
+def log_params(mlflow, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(key(k)[:250], str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow's batch limit
+        mlflow.log_batch(run_id, params=items[i:i + 100])
+
+
+def log_metrics(mlflow, run_id: str, metrics: dict[str, float], step: int) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(key(k), float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
+    mlflow.log_batch(run_id, metrics=items)
+
+
+def child_run(mlflow, experiment_id: str, parent_id: str, study: str, trial_id: str, trial_name: str) -> str:
+    """The trial's child run: found by tag if it exists (retry/resume), created otherwise."""
+    found = mlflow.search_runs([experiment_id], filter_string=(
+        f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'"), max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        mlflow.update_run(run_id, status="RUNNING")
+        return run_id
+    run = mlflow.create_run(experiment_id, run_name=trial_name,
+                            tags={PARENT_TAG: parent_id, STUDY_TAG: study, TRIAL_TAG: trial_id})
+    return run.info.run_id
+
+
+def children(mlflow, experiment_id: str, parent_id: str) -> Iterable:
+    return mlflow.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
+                              max_results=10_000)
