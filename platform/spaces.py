@@ -129,9 +129,22 @@ def _check(file: Path, value: Any, default: Any, path: str) -> Any:
     return value
 
 
+def _known(path: list[str]) -> bool:
+    """Is this a config key (one a file may leave to its default)?"""
+    node = DEFAULTS
+    for part in path:
+        if node is FREE:
+            return True
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def _compose(file: Path, overrides: list[str]) -> dict:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
     if not file.is_file():
@@ -139,7 +152,17 @@ def _compose(file: Path, overrides: list[str]) -> dict:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(file.parent.resolve()), version_base=None, job_name="rankhouse"):
-            cfg = compose(config_name=file.stem, overrides=list(overrides))
+            plain = compose(config_name=file.stem)
+            # a key the file leaves to its default is still a key: Hydra calls it new, so add it
+            # with Hydra's "+" (unknown keys keep failing, with Hydra's message)
+            adjusted = []
+            for text, o in zip(overrides, OverridesParser.create().parse_overrides(list(overrides))):
+                key = o.key_or_group
+                if (o.type.name == "CHANGE" and OmegaConf.select(plain, key, default=None) is None
+                        and _known(key.split("."))):
+                    text = "+" + text
+                adjusted.append(text)
+            cfg = compose(config_name=file.stem, overrides=adjusted)
         data = OmegaConf.to_container(cfg, resolve=True)
     except Exception as exc:  # Hydra/OmegaConf/YAML: one line, naming the file
         msg = " ".join(str(exc).split())
