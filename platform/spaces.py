@@ -48,7 +48,8 @@ DEFAULTS: dict[str, Any] = {
         "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
         "space": FREE,
     },
-    "resources": {"workers_per_trial": 1, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0, "max_failures": 0},
+    "resources": {"workers_per_trial": 1, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0, "max_failures": 0,
+                  "executor": "auto"},
     "tracking": {"uri": None, "experiment": None, "output": None},
     "registry": {"model_name": None},
 }
@@ -263,6 +264,11 @@ def load(file: Path | str, overrides: list[str] = ()) -> Study:
     r = config["resources"]
     if r["workers_per_trial"] < 1 or r["cpus_per_worker"] <= 0 or r["gpus_per_worker"] < 0:
         raise RankhouseError(f"{file}: resources: need workers_per_trial >= 1, cpus_per_worker > 0, gpus_per_worker >= 0")
+    if r["executor"] not in ("auto", "direct", "train"):
+        raise RankhouseError(f"{file}: resources.executor: {r['executor']!r}; expected auto, direct or train")
+    if r["executor"] == "direct" and r["workers_per_trial"] > 1:
+        raise RankhouseError(f"{file}: resources.executor: direct runs one worker per trial; "
+                             "use train (or auto) for workers_per_trial > 1")
     params: dict[str, Param] = {}
     for key, spec in config["search"]["space"].items():
         params[key] = _param(file, config, key, spec, params)

@@ -20,11 +20,12 @@ from platform.cli import run
 from platform.preflight import prepare
 from trainables import tracking
 from trainables.errors import RankhouseError
+from trainables.trial import executor, trial_resources
 
 # Ray Train V2 polls its workers every 2 s by default; on a short trial that is most of the
 # overhead (see benchmarks/trial_overhead.py). Users may still override these.
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
-TRIAL_FUNCTION_CPU = 0.01  # Ray refuses 0; the trial function itself only waits on its Train run
+TRIAL_FUNCTION_CPU = 0.01  # Ray refuses 0; with the train executor the trial function only waits
 
 
 def output_dir(study: spaces.Study) -> Path:
@@ -53,12 +54,15 @@ def start_parent(uri: str, study: spaces.Study, prepared) -> tuple[str, str, str
 
 
 def concurrency(study: spaces.Study, total_cpus: float) -> int:
-    """Trials that fit side by side: a trial holds its function's CPU share plus its workers'."""
+    """Trials that fit side by side. With the ``train`` executor a trial holds its function's CPU
+    share plus its workers': more trials than fit would start, then wait on each other's
+    workers and time out instead of queueing."""
     r = study.config["resources"]
-    per_trial = TRIAL_FUNCTION_CPU + r["workers_per_trial"] * r["cpus_per_worker"]
+    per_trial = trial_resources(r, TRIAL_FUNCTION_CPU)["cpu"]
+    if executor(r) == "train":
+        per_trial += r["workers_per_trial"] * r["cpus_per_worker"]
     if per_trial > total_cpus:
         raise RankhouseError(f"{study.file}: resources: a trial needs {per_trial:g} CPUs "
-                             f"({r['workers_per_trial']} workers x {r['cpus_per_worker']:g} + {TRIAL_FUNCTION_CPU}) "
                              f"but the cluster has {total_cpus:g}; lower resources.cpus_per_worker")
     fits = int(total_cpus // per_trial)
     wanted = study.config["search"]["max_concurrent"]
@@ -106,7 +110,8 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
         "tracking": {"uri": uri, "experiment_id": exp_id, "parent_id": parent_id},
         "storage_path": str(out / "ray"),
     }
-    trainable = tune.with_resources(tune.with_parameters(run_trial, study=payload), {"cpu": TRIAL_FUNCTION_CPU})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, study=payload),
+                                    trial_resources(cfg["resources"], TRIAL_FUNCTION_CPU))
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -114,7 +119,8 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
             num_samples=s["num_samples"], metric=metric, mode=mode,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
         ),
-        run_config=tune.RunConfig(name=study.name, storage_path=str(out / "ray"), verbose=1),
+        run_config=tune.RunConfig(name=study.name, storage_path=str(out / "ray"), verbose=1,
+                                  failure_config=tune.FailureConfig(max_failures=cfg["resources"]["max_failures"])),
     )
     return tuner.fit()
 

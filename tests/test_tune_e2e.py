@@ -33,15 +33,17 @@ def base_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def search(tmp_path_factory, base_checkpoint):
-    work = tmp_path_factory.mktemp("study")
+@pytest.fixture(scope="module", params=["direct", "train"])
+def search(request, tmp_path_factory, base_checkpoint):
+    """The same tiny study through each executor: in the Tune trial, and as a Ray Train job."""
+    work = tmp_path_factory.mktemp(f"study-{request.param}")
     summary = work / "summary.json"
     env = {**os.environ, "RANKHOUSE_HOME": str(work / "home")}
     cmd = [sys.executable, "-m", "platform.tune", "search_spaces/techhouse.yaml",
            f"model.base={base_checkpoint}", "search.num_samples=2", "search.scheduler.type=fifo",
            "train.epochs=2", "train.steps_per_epoch=2", "train.batch_size=2", "data.segment=2.0",
            "train.valid_max_seconds=4.0", "data.embedded.songs=4", "data.embedded.seconds=6.0",
+           f"resources.executor={request.param}", "resources.cpus_per_worker=0.9",
            f"tracking.output={work / 'out'}", "--json", str(summary)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

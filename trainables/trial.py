@@ -1,24 +1,35 @@
-"""One trial: a Ray Tune function trainable that runs ``trainables.loop`` as a Ray Train job.
+"""One trial: a Ray Tune function trainable that runs ``trainables.loop``.
 
-Ray 2.60 runs Train V2, where ``Tuner(TorchTrainer)`` no longer works: the Tune trial function
-builds a ``TorchTrainer`` itself and Train reports back to Tune through ``TuneReportCallback``.
-The Train run is named after the trial id, so a retried trial finds its checkpoints. This
-module runs in Ray workers, so it lives in ``trainables`` (never ``platform``).
+Two executors share the loop, the reporting and the MLflow logging (``_run_loop``):
+
+- ``train``: a Ray Train ``TorchTrainer`` (Train V2: ``Tuner(TorchTrainer)`` no longer works,
+  so the Tune trial function builds the trainer and ``TuneReportCallback`` forwards reports).
+  The Train run is named after the trial id, so a retried trial finds its checkpoints. Needed
+  for several workers per trial (DDP).
+- ``direct``: the loop runs in the Tune trial process itself, reporting through
+  ``ray.tune.report``. For a single-worker trial this skips the Train controller, a second
+  worker process (torch, PEFT and demucs imported again) and the process group, which cost
+  ~15-30 s per trial (``benchmarks/trial_overhead.py``).
+
+``resources.executor: auto`` picks ``direct`` for one worker and ``train`` otherwise. This module
+runs in Ray workers, so it lives in ``trainables`` (never ``platform``).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import tempfile
 from pathlib import Path
+from typing import Callable
+
+import torch
 
 from trainables import checkpoint, loop, tracking
 
 
 def merge(config: dict, sampled: dict, paths: dict[str, list[str]]) -> dict:
-    import copy
-
     out = copy.deepcopy(config)
     for key, value in sampled.items():
         node = out
@@ -29,13 +40,25 @@ def merge(config: dict, sampled: dict, paths: dict[str, list[str]]) -> dict:
     return out
 
 
+def executor(resources: dict) -> str:
+    chosen = resources.get("executor", "auto")
+    if chosen == "auto":
+        return "direct" if int(resources["workers_per_trial"]) == 1 else "train"
+    return chosen
+
+
+def trial_resources(resources: dict, trial_function_cpu: float) -> dict:
+    """What the Tune trial function itself holds: the whole trial for ``direct``, a sliver for
+    ``train`` (its workers hold their own; zero is refused by Ray)."""
+    if executor(resources) == "direct":
+        return {"cpu": float(resources["cpus_per_worker"]), "gpu": float(resources["gpus_per_worker"])}
+    return {"cpu": trial_function_cpu}
+
+
 def run_trial(sampled: dict, study: dict) -> None:
-    """Tune function trainable: one Train run for the sampled configuration."""
+    """Tune function trainable: one trial for the sampled configuration."""
     import ray.train
     import ray.tune
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     ctx = ray.tune.get_context()
     cfg = merge(study["config"], sampled, study["paths"])
@@ -45,24 +68,14 @@ def run_trial(sampled: dict, study: dict) -> None:
                                 ctx.get_trial_name())
     tracking.log_params(mlflow, run_id, {**tracking.flatten({k: v for k, v in cfg.items() if k != "data"}),
                                          **{f"sampled.{k}": v for k, v in sampled.items()}})
-    r = cfg["resources"]
-    gpus = float(r["gpus_per_worker"])
-    trainer = TorchTrainer(
-        train_loop_per_worker=worker_main,
-        train_loop_config={"cfg": cfg, "uri": t["uri"], "run_id": run_id},
-        scaling_config=ScalingConfig(num_workers=int(r["workers_per_trial"]), use_gpu=gpus > 0,
-                                     resources_per_worker={"CPU": float(r["cpus_per_worker"]), "GPU": gpus}),
-        run_config=RunConfig(
-            name=f"{study['name']}-{ctx.get_trial_id()}",
-            storage_path=study["storage_path"],
-            callbacks=[TuneReportCallback()],
-            failure_config=FailureConfig(max_failures=int(r["max_failures"])),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-    )
+    loop_config = {"cfg": cfg, "uri": t["uri"], "run_id": run_id}
     try:
-        trainer.fit()
-    except ray.train.TrainingFailedError as exc:
+        if executor(cfg["resources"]) == "direct":
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            _run_loop(loop_config, ray.tune.report, ray.tune.get_checkpoint(), ray.tune.Checkpoint, True, device)
+        else:
+            _fit_train(loop_config, cfg, study, ctx.get_trial_id())
+    except (ray.train.TrainingFailedError, loop.TrialFailed) as exc:
         # the training itself failed. Other exceptions come from Tune tearing the trial down
         # (an early stop): the driver closes those runs from what they logged.
         mlflow.set_tag(run_id, "rankhouse.failure", " ".join(str(exc).split())[:4000])
@@ -71,17 +84,47 @@ def run_trial(sampled: dict, study: dict) -> None:
     mlflow.set_terminated(run_id, status="FINISHED")
 
 
+def _fit_train(loop_config: dict, cfg: dict, study: dict, trial_id: str) -> None:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    r = cfg["resources"]
+    gpus = float(r["gpus_per_worker"])
+    trainer = TorchTrainer(
+        train_loop_per_worker=worker_main,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=int(r["workers_per_trial"]), use_gpu=gpus > 0,
+                                     resources_per_worker={"CPU": float(r["cpus_per_worker"]), "GPU": gpus}),
+        run_config=RunConfig(
+            name=f"{study['name']}-{trial_id}",
+            storage_path=study["storage_path"],
+            callbacks=[TuneReportCallback()],
+            failure_config=FailureConfig(max_failures=int(r["max_failures"])),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    trainer.fit()
+
+
 def worker_main(config: dict) -> None:
-    """``train_loop_per_worker``: the shared loop, reporting to Ray Train; rank 0 logs to MLflow."""
+    """``train_loop_per_worker`` of the ``train`` executor."""
     import ray.train
     import ray.train.torch
 
-    cfg, run_id = config["cfg"], config["run_id"]
     ctx = ray.train.get_context()
-    rank0 = ctx.get_world_rank() == 0
+    prepare = ray.train.torch.prepare_model if ctx.get_world_size() > 1 else None
+    _run_loop(config, ray.train.report, ray.train.get_checkpoint(), ray.train.Checkpoint,
+              ctx.get_world_rank() == 0, ray.train.torch.get_device(), prepare)
+
+
+def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank0: bool, device: torch.device,
+              prepare: Callable | None = None) -> None:
+    """The loop with Ray reporting and (rank 0 only) MLflow logging, for either executor."""
+    cfg, run_id = config["cfg"], config["run_id"]
     mlflow = tracking.client(config["uri"]) if rank0 else None
-    best = {"value": None}
     metric, mode = cfg["objective"]["metric"], cfg["objective"]["mode"]
+    best = {"value": None}
 
     def report(metrics: dict, folder: Path) -> None:
         if rank0:
@@ -93,7 +136,7 @@ def worker_main(config: dict) -> None:
                 best["value"] = value
                 mlflow.log_artifacts(run_id, str(folder / checkpoint.ADAPTER), "adapter")
                 mlflow.set_tag(run_id, "rankhouse.best_epoch", str(metrics["epoch"]))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+        ray_report(metrics, checkpoint=checkpoint_cls.from_directory(str(folder)))
 
     def describe(setup: loop.Setup) -> None:
         if not rank0:
@@ -108,11 +151,8 @@ def worker_main(config: dict) -> None:
             (Path(tmp) / "ranks.json").write_text(json.dumps(setup.ranks, indent=1))
             mlflow.log_artifact(run_id, str(Path(tmp) / "ranks.json"))
 
-    resume = ray.train.get_checkpoint()
-    prepare = ray.train.torch.prepare_model if ctx.get_world_size() > 1 else None
     if resume is None:
-        loop.train(cfg, report, device=ray.train.torch.get_device(), prepare_model=prepare, on_setup=describe)
-    else:
-        with resume.as_directory() as folder:
-            loop.train(cfg, report, resume_from=Path(folder), device=ray.train.torch.get_device(),
-                       prepare_model=prepare, on_setup=describe)
+        loop.train(cfg, report, device=device, prepare_model=prepare, on_setup=describe)
+        return
+    with resume.as_directory() as folder:
+        loop.train(cfg, report, resume_from=Path(folder), device=device, prepare_model=prepare, on_setup=describe)
