@@ -46,6 +46,7 @@ from trainables.data.segments import Augment, SegmentSampler  # noqa: E402
 SR = render.SAMPLERATE
 STEMS = list(compose.STEMS)
 SEGMENT_SECONDS = 3.0
+MODEL_SR = 22050  # the embedded base's rate: what a loader without the cache must resample to
 
 # Runs in each memory subprocess: map the cache, sum every sample (touching every page), report, wait.
 TOUCH = r"""
@@ -93,6 +94,18 @@ def from_files(files: list[dict[str, Path]], items, seg: int) -> np.ndarray:
         for s, stem in enumerate(STEMS):
             data, _ = sf.read(str(files[t][stem]), start=o, stop=o + seg, dtype="float32", always_2d=True)
             out[s] = data.T
+    return out
+
+
+def from_files_resampled(files: list[dict[str, Path]], items, seg: int) -> np.ndarray:
+    """What a trainer without the cache does per item when the model's rate differs from the files'."""
+    from trainables.data.audio import resample
+
+    out = np.empty((len(STEMS), 2, seg * MODEL_SR // SR), dtype=np.float32)
+    for t, o in items:
+        for s, stem in enumerate(STEMS):
+            data, _ = sf.read(str(files[t][stem]), start=o, stop=o + seg, dtype="float32", always_2d=True)
+            out[s] = resample(data.T, SR, MODEL_SR)
     return out
 
 
@@ -193,6 +206,14 @@ def main() -> None:
             "(b) WAV, soundfile.read(start, stop) per stem": timed(from_files, wav_files, items, seg),
             "(c) FLAC, soundfile.read(start, stop) per stem": timed(from_files, flac_files, items, seg),
         }
+        c22 = cache.StemCache(cache.build(corpus, "train", STEMS, MODEL_SR, cache_dir=work / "cache"))
+        seg22 = int(SEGMENT_SECONDS * MODEL_SR)
+        at_model_rate = {
+            f"(d) Arrow cache at {MODEL_SR} Hz (the model's rate)":
+                timed(from_cache, c22, [(t, o * MODEL_SR // SR) for t, o in items], seg22),
+            f"(e) WAV + soxr resample to {MODEL_SR} Hz per stem": timed(from_files_resampled, wav_files, items, seg),
+        }
+        del c22
         sampler = SegmentSampler(c, normalize_sources(STEMS), seg, seed=args.seed, augment=Augment.off())
         sampler.sample(2)
         t0 = time.perf_counter()
@@ -223,8 +244,14 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for k, r in rate.items():
         print(f"| {k} | {r:,.0f} | {1000 / r:.2f} | {a / r:.1f}x |")
+    print(f"\nAt the model's rate ({MODEL_SR} Hz; files are {SR} Hz):\n")
+    print("| source | segments/s | ms/segment | vs cache |")
+    print("|---|---:|---:|---:|")
+    d = n / next(iter(at_model_rate.values()))
+    for k, v in at_model_rate.items():
+        print(f"| {k} | {n / v:,.0f} | {1000 * v / n:.2f} | {d / (n / v):.1f}x |")
     print()
-    print(f"cache/WAV = **{a / rate['(b) WAV, soundfile.read(start, stop) per stem']:.1f}x**, "
+    print(f"cache/(WAV + resample) = **{d / (n / list(at_model_rate.values())[1]):.1f}x**, cache/WAV = **{a / rate['(b) WAV, soundfile.read(start, stop) per stem']:.1f}x**, "
           f"cache/FLAC = **{a / rate['(c) FLAC, soundfile.read(start, stop) per stem']:.1f}x**\n")
     print(f"train split on disk: WAV {wav_bytes / 2**20:.1f} MiB, FLAC {flac_bytes / 2**20:.1f} MiB, "
           f"Arrow cache (float32, mixture + {len(STEMS)} stems) **{size / 2**20:.1f} MiB**\n")

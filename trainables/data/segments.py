@@ -29,11 +29,18 @@ class Augment:
         return cls(gain=(1.0, 1.0), swap_channels=0.0, flip_sign=0.0, remix=0.0)
 
 
-def source_audio(cache: StemCache, index: int, stems: list[str], start: int = 0, stop: int | None = None) -> np.ndarray:
-    out = None
-    for stem in stems:
+def source_audio(cache: StemCache, index: int, stems: list[str], start: int = 0, stop: int | None = None,
+                 out: np.ndarray | None = None) -> np.ndarray:
+    """The sum of ``stems`` of a track, written into ``out`` (a new array if None): never a view
+    of the read-only cache."""
+    for i, stem in enumerate(stems):
         x = cache.track(index, stem)[:, start:stop]
-        out = x.astype(np.float32, copy=True) if out is None else out + x
+        if out is None:
+            out = np.array(x, dtype=np.float32)
+        elif i == 0:
+            np.copyto(out, x)
+        else:
+            out += x
     return out
 
 
@@ -66,13 +73,13 @@ class SegmentSampler:
                 if rng.random() < a.remix:
                     t = int(rng.choice(self.usable))
                     o = int(rng.integers(0, self.cache.frames[t] - self.segment + 1))
-                x = source_audio(self.cache, t, stems, o, o + self.segment)
-                x *= rng.uniform(*a.gain)
+                x = source_audio(self.cache, t, stems, o, o + self.segment, out=targets[b, s])
+                gain = rng.uniform(*a.gain)
                 if rng.random() < a.flip_sign:
-                    x = -x
+                    gain = -gain
+                x *= gain
                 if rng.random() < a.swap_channels:
-                    x = x[::-1]
-                targets[b, s] = x
+                    x[:] = x[::-1].copy()
         return targets.sum(axis=1), targets
 
 
