@@ -112,7 +112,8 @@ def _check(file: Path, value: Any, default: Any, path: str) -> Any:
             raise RankhouseError(f"{where}: expected a mapping, got {value!r}")
         unknown = sorted(set(value) - set(default))
         if unknown:
-            raise RankhouseError(f"{where}.{unknown[0]}: unknown key; expected one of {', '.join(default)}")
+            key = f"{path}.{unknown[0]}" if path else unknown[0]
+            raise RankhouseError(f"{file}: {key}: unknown key; expected one of {', '.join(default)}")
         return {k: _check(file, value.get(k), d, f"{path}.{k}" if path else k) for k, d in default.items()}
     if value is None or default is None:
         return default if value is None else value
@@ -181,7 +182,7 @@ def _param(file: Path, config: dict, key: str, spec: Any, earlier: dict[str, Par
         path = split_key(key)
     except ValueError:
         raise RankhouseError(f'{where}: not a key path; write e.g. lora.rank or lora.layer_ranks."encoder.0.*"') from None
-    node, default = config, DEFAULTS
+    default = DEFAULTS
     for i, part in enumerate(path):
         free = default is FREE
         if not free and (not isinstance(default, dict) or part not in default):
@@ -190,10 +191,13 @@ def _param(file: Path, config: dict, key: str, spec: Any, earlier: dict[str, Par
         if free:
             if i != len(path) - 1:
                 raise RankhouseError(f"{where}: a free-form mapping takes one key level (quote keys with dots)")
+            default = None  # a user key inside a free-form mapping: any value
             break
         default = default[part]
-        node = node.get(part) if isinstance(node, dict) else None
-    if isinstance(default, dict) and default is not FREE:
+    if default is FREE:
+        raise RankhouseError(f"{where}: {key} is a free-form mapping; search one of its keys, "
+                             f'e.g. {key}."name"')
+    if isinstance(default, dict):
         raise RankhouseError(f"{where}: {key} is a section; search its keys instead")
     if not isinstance(spec, dict) or "type" not in spec:
         raise RankhouseError(f"{where}: expected a mapping with a type: one of {', '.join(DISTRIBUTIONS)}")
@@ -209,6 +213,8 @@ def _param(file: Path, config: dict, key: str, spec: Any, earlier: dict[str, Par
         values = spec.get("values")
         if not isinstance(values, list) or not values:
             raise RankhouseError(f"{where}.values: expected a non-empty list")
+        for i, v in enumerate(values):  # each value must be one the key accepts
+            _check(file, v, default, f"search.space.{key}.values[{i}]")
     else:
         for bound in ("low", "high"):
             v = spec.get(bound)

@@ -39,3 +39,54 @@ def corpus_cache(corpus, tmp_path_factory) -> Path:
     from trainables.data import cache, compose
 
     return cache.build(corpus, "train", list(compose.STEMS), 44100, cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+# --- tiny HT-Demucs models for the LoRA / family tests -------------------------------------------
+
+TINY_SOURCES = ["drums", "bass", "other", "vocals"]
+
+
+@pytest.fixture(scope="session")
+def tiny_kwargs() -> dict:
+    """The embedded base's architecture (depth 4, nfft 4096, 22.05 kHz) at 8 channels and 1 s."""
+    from trainables import htdemucs
+
+    return {**htdemucs.EMBEDDED_KWARGS, "channels": 8, "segment": 1}
+
+
+@pytest.fixture
+def make_tiny(tiny_kwargs):
+    """``make_tiny(sources=None, seed=0)``: a seeded tiny HT-Demucs, frozen and in eval mode.
+
+    Frozen on purpose: PyTorch's MultiheadAttention takes its fast path only when no parameter
+    requires grad, and PEFT freezes the base, so an unfrozen reference differs by ~1e-7."""
+    from trainables import htdemucs
+
+    def make(sources: list[str] | None = None, seed: int = 0):
+        import torch
+
+        torch.manual_seed(seed)
+        model = htdemucs.new_model(list(sources or TINY_SOURCES), tiny_kwargs)
+        return model.eval().requires_grad_(False)
+
+    return make
+
+
+@pytest.fixture
+def tiny_mix(tiny_kwargs):
+    """One second of seeded stereo noise, (1, 2, segment * samplerate)."""
+    import torch
+
+    n = int(tiny_kwargs["segment"] * tiny_kwargs["samplerate"])
+    return torch.randn(1, 2, n, generator=torch.Generator().manual_seed(1234))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny forwards are ~50x slower when torch's threads fight another job for 2 cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

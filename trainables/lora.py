@@ -194,6 +194,13 @@ def lora_config(ranks: dict[str, int], spec: LoraSpec, modules_to_save: list[str
 def apply(model: nn.Module, spec: LoraSpec, modules_to_save: list[str] = (),
           default_targets: list[str] = ("*",)) -> tuple[PeftModel, dict[str, int]]:
     """Wrap ``model`` with adapters; only adapter and ``modules_to_save`` parameters train."""
+    names = [n for n, _ in model.named_modules()]
+    for declared in modules_to_save:
+        # PEFT matches modules_to_save by suffix: "decoder.3.conv_tr" would also take "tdecoder.3.conv_tr"
+        clash = [n for n in names if n not in modules_to_save and n.endswith(declared)]
+        if clash:
+            raise RankhouseError(f"modules_to_save: {declared!r} is also the suffix of {clash[0]!r}; PEFT would "
+                                 "train both. Declare every module whose name ends the same way")
     ranks = resolve_ranks(model, spec, list(modules_to_save), default_targets)
     peft_model = get_peft_model(model, lora_config(ranks, spec, modules_to_save))
     return peft_model, ranks
