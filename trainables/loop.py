@@ -24,7 +24,7 @@ from trainables.data import cache as stem_cache
 from trainables.data.layout import normalize_sources, stems_of
 from trainables.data.segments import Augment, SegmentSampler, validation_tracks
 from trainables.errors import RankhouseError
-from trainables.family import get_family
+from trainables.family import Base, Family, get_family
 from trainables.metrics import nsdr
 from trainables.separation import separate
 
@@ -70,11 +70,12 @@ def lr_lambda(schedule: str, total: int, warmup: float) -> Callable[[int], float
 class Setup:
     """Everything ``train`` needs, built from a trial config; also used by reload checks."""
 
-    model: torch.nn.Module  # the PeftModel
+    model: torch.nn.Module  # the PeftModel (the plain model for full training)
     ranks: dict[str, int]
     modules_to_save: list[str]
-    base: object
+    base: Base
     sources: dict[str, list[str]]
+    family: Family
 
 
 def build_model(cfg: dict) -> Setup:
@@ -83,11 +84,11 @@ def build_model(cfg: dict) -> Setup:
     sources = normalize_sources(cfg["data"].get("sources") or cfg["model"]["sources"])
     model, heads = family.adapt_sources(base, list(sources), dict(cfg["model"].get("parents") or {}))
     if cfg.get("lora") is None:  # full training: the base trainer and the full fine-tuning reference
-        return Setup(model.requires_grad_(True), {}, heads, base, sources)
+        return Setup(model.requires_grad_(True), {}, heads, base, sources, family)
     model.requires_grad_(False)  # frozen base: see tests (PyTorch's MHA fast path needs it for exact step-0 equality)
     spec = lora.LoraSpec.from_config(cfg["lora"])
     peft_model, ranks = lora.apply(model, spec, heads, family.default_targets)
-    return Setup(peft_model, ranks, heads, base, sources)
+    return Setup(peft_model, ranks, heads, base, sources, family)
 
 
 def evaluate(model: torch.nn.Module, valid, sources: dict, samplerate: int, segment_seconds: float,
@@ -155,7 +156,6 @@ def train(cfg: dict, report: Report, resume_from: Path | None = None, device: to
     clip = float(o.get("grad_clip", 0.0) or 0.0)
     batch = int(t["batch_size"])
     metrics: dict = {}
-    family = get_family(cfg["model"]["family"])
     for epoch in range(start_epoch, epochs):
         train_model.train()
         started, total = time.perf_counter(), 0.0
@@ -163,7 +163,7 @@ def train(cfg: dict, report: Report, resume_from: Path | None = None, device: to
             mix, targets = sampler.sample(batch)
             mix, targets = torch.from_numpy(mix).to(device), torch.from_numpy(targets).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = family.loss(train_model, mix, targets)
+                loss = setup.family.loss(train_model, mix, targets)
             if not torch.isfinite(loss):
                 raise TrialFailed(f"non-finite training loss ({loss.item()}) at step {step}; lower optim.lr "
                                   "or set optim.grad_clip")
