@@ -63,7 +63,7 @@ def main() -> None:
         out = work / name
         out.mkdir()
         uri = tune.tracking_uri(study, out)
-        _, exp_id, parent_id = tune.start_parent(uri, study, prepared)
+        _, exp_id, parent_id = tune.start_parent(uri, study, prepared, out)
         started = time.perf_counter()
         tune.run_search(study, prepared, out, uri, exp_id, parent_id)
         rows.append((name, time.perf_counter() - started))

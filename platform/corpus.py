@@ -16,7 +16,7 @@ def home() -> Path:
 
 def embedded_corpus(preset: str, songs: int, seconds: float, seed: int, valid: int | None = None) -> Path:
     """Path of the rendered corpus, rendering it first if this machine has not yet."""
-    out = home() / "corpora" / f"{preset}-seed{seed}-{songs}x{seconds:g}s"
+    out = home() / "corpora" / (f"{preset}-seed{seed}-{songs}x{seconds:g}s" + (f"-valid{valid}" if valid else ""))
     if not (out / render.MANIFEST).is_file():
         print(f"rendering the embedded {preset} corpus ({songs} songs x {seconds:g} s) into {out}")
     return render.render_corpus(out, preset, songs, seconds, seed, valid, progress=Progress(f"render {preset}"))

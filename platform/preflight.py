@@ -17,7 +17,6 @@ from trainables import lora, loop
 from trainables.data import cache as stem_cache
 from trainables.data.layout import normalize_sources, stems_of
 from trainables.errors import RankhouseError
-from trainables.family import get_family
 
 
 @dataclass
@@ -27,14 +26,29 @@ class Prepared:
     base_metrics: dict
 
 
+def in_file(study: Study, section: str, exc: RankhouseError) -> RankhouseError:
+    """A data-plane error as one line naming the search-space file and the key."""
+    msg = str(exc)
+    return RankhouseError(f"{study.file}: {msg}" if msg.startswith(section) else f"{study.file}: {section}: {msg}")
+
+
 def resolve_data(study: Study) -> dict:
     cfg = copy.deepcopy(study.config)
     d, sources = cfg["data"], cfg["model"]["sources"]
     if d["root"] == "embedded":
         e = d["embedded"]
-        d["root"] = str(embedded_corpus(e["preset"], e["songs"], e["seconds"], e["seed"], e["valid"]))
+        try:
+            d["root"] = str(embedded_corpus(e["preset"], e["songs"], e["seconds"], e["seed"], e["valid"]))
+        except RankhouseError as exc:
+            raise in_file(study, "data.embedded", exc) from None
     else:
         d["root"] = str(Path(d["root"]).expanduser().resolve())
+    # trials run in other processes and folders: every path they get is absolute
+    if d["cache_dir"]:
+        d["cache_dir"] = str(Path(d["cache_dir"]).expanduser().resolve())
+    base = str(cfg["model"]["base"])
+    if base.endswith((".safetensors", ".th")) or "/" in base:
+        cfg["model"]["base"] = str(Path(base).expanduser().resolve())
     unknown = sorted(set(d["stems"]) - set(sources))
     if unknown:
         raise study.error(f"data.stems.{unknown[0]}", f"not one of model.sources ({', '.join(sources)})")
@@ -63,14 +77,16 @@ def prepare(study: Study) -> Prepared:
     root, sources = Path(cfg["data"]["root"]), cfg["data"]["sources"]
     print(f"preflight: checking {root}")
     check_or_raise(root, sources, cfg["data"]["segment"], tolerance_db=cfg["data"]["tolerance_db"])
-    family = get_family(cfg["model"]["family"])
-    base = family.build_base(cfg["model"])
-    model, heads = family.adapt_sources(base, list(sources), dict(cfg["model"]["parents"]))
-    model.requires_grad_(False)
     try:
-        lora.resolve_ranks(model, lora.LoraSpec.from_config(widest_lora(study)), heads, family.default_targets)
+        setup = loop.base_model(cfg)
     except RankhouseError as exc:
-        raise study.error("lora", str(exc).removeprefix("lora: ").removeprefix("lora.")) from None
+        raise in_file(study, "model", exc) from None
+    base = setup.base
+    try:  # the largest adapter any trial could ask for, built once for real
+        lora.apply(copy.deepcopy(setup.model), lora.LoraSpec.from_config(widest_lora(study)), setup.modules_to_save,
+                   setup.family.default_targets)
+    except RankhouseError as exc:
+        raise in_file(study, "lora", exc) from None
     cfg["data"]["cache"] = {}
     for split in ("train", "valid"):
         path = stem_cache.build(root, split, stems_of(sources), base.samplerate, cfg["data"]["cache_dir"],
@@ -78,6 +94,6 @@ def prepare(study: Study) -> Prepared:
         cfg["data"]["cache"][split] = str(path)
     print("preflight: scoring the base model (new heads from their parents, no adapter) on the valid set")
     valid = stem_cache.StemCache(cfg["data"]["cache"]["valid"])
-    metrics = loop.evaluate(model, valid, sources, base.samplerate, float(cfg["data"]["segment"]),
+    metrics = loop.evaluate(setup.model, valid, sources, base.samplerate, float(cfg["data"]["segment"]),
                             torch.device("cpu"), cfg["train"]["valid_max_seconds"])
     return Prepared(cfg, base.identity, metrics)

@@ -17,27 +17,35 @@ import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from trainables.errors import RankhouseError
 
 REQUIRED = object()
-# None: any value (checked by the code that uses it); {} values marked FREE hold user keys
-FREE = "free-form mapping"
+FREE = "free-form mapping"  # a mapping of user keys (layer_ranks patterns, parents, stems)
+
+
+class Optional_:
+    """A key that may be null, or else a value of these types."""
+
+    def __init__(self, *types: type):
+        self.types = types
+
+
 DEFAULTS: dict[str, Any] = {
     "study": REQUIRED,
     "model": {"family": "htdemucs", "base": "embedded", "sources": REQUIRED, "parents": FREE},
     "data": {
         "root": "embedded",
-        "embedded": {"preset": "techhouse", "songs": 24, "seconds": 20.0, "seed": 0, "valid": None},
+        "embedded": {"preset": "techhouse", "songs": 24, "seconds": 20.0, "seed": 0, "valid": Optional_(int)},
         "stems": FREE,
         "segment": 3.0,
-        "cache_dir": None,
+        "cache_dir": Optional_(str),
         "tolerance_db": 30.0,
     },
-    "train": {"epochs": 4, "steps_per_epoch": 25, "batch_size": 4, "seed": 0, "valid_max_seconds": None,
+    "train": {"epochs": 4, "steps_per_epoch": 25, "batch_size": 4, "seed": 0, "valid_max_seconds": Optional_(float),
               "augment": True, "bf16": True},
-    "lora": {"rank": 8, "alpha": 16.0, "dropout": 0.0, "scaling": "standard", "targets": None, "layer_ranks": FREE},
+    "lora": {"rank": 8, "alpha": 16.0, "dropout": 0.0, "scaling": "standard", "targets": Optional_(list), "layer_ranks": FREE},
     "optim": {"lr": 1.0e-3, "schedule": "cosine", "warmup": 0.0, "weight_decay": 0.0, "grad_clip": 0.5},
     "objective": {"metric": "valid/sdr", "mode": "max"},
     "search": {
@@ -50,9 +58,54 @@ DEFAULTS: dict[str, Any] = {
     },
     "resources": {"workers_per_trial": 1, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0, "max_failures": 0,
                   "executor": "auto"},
-    "tracking": {"uri": None, "experiment": None, "output": None},
-    "registry": {"model_name": None},
+    "tracking": {"uri": Optional_(str), "experiment": Optional_(str), "output": Optional_(str)},
+    "registry": {"model_name": Optional_(str)},
 }
+# what a value must satisfy beyond its type, checked for fixed values and for every value a
+# search can sample, so no trial fails on something the file could have said
+RULES: dict[tuple[str, ...], tuple[Callable[[Any], bool], str]] = {
+    ("optim", "lr"): (lambda v: v > 0, "a learning rate > 0"),
+    ("optim", "warmup"): (lambda v: 0 <= v < 1, "a fraction of the steps, 0 <= warmup < 1"),
+    ("optim", "weight_decay"): (lambda v: v >= 0, "weight_decay >= 0"),
+    ("optim", "grad_clip"): (lambda v: v >= 0, "a gradient norm >= 0 (0: no clipping)"),
+    ("optim", "schedule"): (lambda v: v in ("constant", "linear", "cosine"), "one of constant, linear, cosine"),
+    ("lora", "rank"): (lambda v: isinstance(v, int) and v >= 1, "an integer rank >= 1"),
+    ("lora", "alpha"): (lambda v: v > 0, "alpha > 0"),
+    ("lora", "dropout"): (lambda v: 0 <= v < 1, "0 <= dropout < 1"),
+    ("lora", "scaling"): (lambda v: v in ("standard", "rslora"), "standard (alpha/r) or rslora (alpha/sqrt(r))"),
+    ("lora", "layer_ranks", "*"): (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                                   "an integer rank >= 0 (0: no adapter)"),
+    ("model", "parents", "*"): (lambda v: isinstance(v, str), "a source name of the base"),
+    ("data", "stems", "*"): (lambda v: isinstance(v, str) or (isinstance(v, list) and v and
+                                                              all(isinstance(x, str) and x for x in v)),
+                             "a stem name or a list of stem names"),
+    ("data", "segment"): (lambda v: v > 0, "seconds > 0"),
+    ("data", "tolerance_db"): (lambda v: v > 0, "dB > 0"),
+    ("train", "valid_max_seconds"): (lambda v: v is None or v > 0, "null or seconds > 0"),
+    ("train", "epochs"): (lambda v: v >= 1, "an integer >= 1"),
+    ("train", "steps_per_epoch"): (lambda v: v >= 1, "an integer >= 1"),
+    ("train", "batch_size"): (lambda v: v >= 1, "an integer >= 1"),
+}
+FREE_KEYS = (("lora", "layer_ranks"), ("model", "parents"), ("data", "stems"))
+
+
+def _rule(path: tuple[str, ...]):
+    return RULES.get(path) or (RULES.get((*path[:2], "*")) if path[:2] in FREE_KEYS and len(path) == 3 else None)
+
+
+def _check_rule(file: Path, path: tuple[str, ...], value: Any, where: str) -> None:
+    rule = _rule(path)
+    if rule is None:
+        return
+    ok, what = rule
+    try:
+        good = ok(value)
+    except TypeError:
+        good = False
+    if not good:
+        raise RankhouseError(f"{file}: {where}: {value!r}; expected {what}")
+
+
 DISTRIBUTIONS = {"choice": {"values"}, "uniform": {"low", "high"}, "loguniform": {"low", "high"},
                  "int": {"low", "high", "step"}, "logint": {"low", "high"}}
 SCHEDULERS = ("asha", "fifo")
@@ -115,7 +168,16 @@ def _check(file: Path, value: Any, default: Any, path: str) -> Any:
             key = f"{path}.{unknown[0]}" if path else unknown[0]
             raise RankhouseError(f"{file}: {key}: unknown key; expected one of {', '.join(default)}")
         return {k: _check(file, value.get(k), d, f"{path}.{k}" if path else k) for k, d in default.items()}
-    if value is None or default is None:
+    if isinstance(default, Optional_):
+        if value is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and float in default.types:
+            value = float(value)
+        if not isinstance(value, default.types) or isinstance(value, bool):
+            names = " or ".join(_type_name(t()) for t in default.types)
+            raise RankhouseError(f"{where}: expected {names} or null, got {value!r}")
+        return value
+    if value is None or default is None:  # default None: a user key in a free-form mapping (rules apply)
         return default if value is None else value
     if isinstance(default, bool):
         ok = isinstance(value, bool)
@@ -215,6 +277,7 @@ def _param(file: Path, config: dict, key: str, spec: Any, earlier: dict[str, Par
             raise RankhouseError(f"{where}.values: expected a non-empty list")
         for i, v in enumerate(values):  # each value must be one the key accepts
             _check(file, v, default, f"search.space.{key}.values[{i}]")
+            _check_rule(file, path, v, f"search.space.{key}.values[{i}]")
     else:
         for bound in ("low", "high"):
             v = spec.get(bound)
@@ -228,6 +291,14 @@ def _param(file: Path, config: dict, key: str, spec: Any, earlier: dict[str, Par
             raise RankhouseError(f"{where}.low: {kind} needs low > 0, got {spec['low']}")
         if "step" in spec and (not isinstance(spec["step"], int) or spec["step"] < 1):
             raise RankhouseError(f"{where}.step: expected an integer >= 1")
+        integer = (isinstance(default, int) and not isinstance(default, bool)) or path[:2] == ("lora", "layer_ranks")
+        numeric = integer or isinstance(default, float) or (isinstance(default, Optional_) and float in default.types)
+        if not numeric:
+            raise RankhouseError(f"{where}.type: {kind} samples numbers but {key} is not numeric; use choice")
+        if integer and kind in ("uniform", "loguniform"):
+            raise RankhouseError(f"{where}.type: {key} takes integers; use int, logint or choice")
+        for bound in ("low", "high"):
+            _check_rule(file, path, spec[bound], f"search.space.{key}.{bound}")
     when = spec.get("when") or {}
     if not isinstance(when, dict):
         raise RankhouseError(f"{where}.when: expected a mapping of earlier choice parameters to lists of values")
@@ -275,6 +346,25 @@ def load(file: Path | str, overrides: list[str] = ()) -> Study:
     if r["executor"] == "direct" and r["workers_per_trial"] > 1:
         raise RankhouseError(f"{file}: resources.executor: direct runs one worker per trial; "
                              "use train (or auto) for workers_per_trial > 1")
+    for section, keys in config.items():
+        if isinstance(keys, dict):
+            for k, v in keys.items():
+                if (section, k) in FREE_KEYS:
+                    for name, value in v.items():
+                        _check_rule(file, (section, k, "*"), value, f"{section}.{k}.{name}")
+                else:
+                    _check_rule(file, (section, k), v, f"{section}.{k}")
+    sch = s["scheduler"]
+    if sch["type"] == "asha":
+        if not 1 <= sch["grace_period"] <= config["train"]["epochs"]:
+            raise RankhouseError(f"{file}: search.scheduler.grace_period: {sch['grace_period']}; expected "
+                                 f"1 <= grace_period <= train.epochs ({config['train']['epochs']})")
+        if sch["reduction_factor"] < 2:
+            raise RankhouseError(f"{file}: search.scheduler.reduction_factor: {sch['reduction_factor']}; "
+                                 "expected an integer >= 2")
+    metrics = {"train/loss", "valid/loss", "valid/sdr", *(f"valid/sdr/{s_}" for s_ in sources)}
+    if o["metric"] not in metrics:
+        raise RankhouseError(f"{file}: objective.metric: {o['metric']!r}; expected one of {', '.join(sorted(metrics))}")
     params: dict[str, Param] = {}
     for key, spec in config["search"]["space"].items():
         params[key] = _param(file, config, key, spec, params)

@@ -12,7 +12,7 @@ import argparse
 import json
 import math
 import os
-import sys
+import sqlite3
 from pathlib import Path
 
 from platform import spaces
@@ -24,7 +24,9 @@ from trainables.trial import executor, trial_resources
 
 # Ray Train V2 polls its workers every 2 s by default; on a short trial that is most of the
 # overhead (see benchmarks/trial_overhead.py). Users may still override these.
-RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+           # trials keep the driver's working directory (every path they get is absolute anyway)
+           "RAY_CHDIR_TO_TRIAL_DIR": "0"}
 TRIAL_FUNCTION_CPU = 0.01  # Ray refuses 0; with the train executor the trial function only waits
 
 
@@ -33,14 +35,24 @@ def output_dir(study: spaces.Study) -> Path:
 
 
 def tracking_uri(study: spaces.Study, out: Path) -> str:
-    return study.config["tracking"]["uri"] or f"sqlite:///{out / 'mlflow.db'}"
+    """The study's MLflow store. Relative SQLite paths are made absolute: trials run elsewhere."""
+    uri = study.config["tracking"]["uri"] or f"sqlite:///{out / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
 
 
-def start_parent(uri: str, study: spaces.Study, prepared) -> tuple[str, str, str]:
+def start_parent(uri: str, study: spaces.Study, prepared, out: Path) -> tuple[str, str, str]:
     mlflow = tracking.client(uri)
+    if uri.startswith("sqlite:///"):
+        # several trial processes write to one SQLite file: WAL lets readers and one writer overlap
+        with sqlite3.connect(uri.removeprefix("sqlite:///")) as db:
+            db.execute("PRAGMA journal_mode=WAL")
     name = study.config["tracking"]["experiment"] or study.name
     exp = mlflow.get_experiment_by_name(name)
-    exp_id = exp.experiment_id if exp else mlflow.create_experiment(name)
+    # artifacts beside the store (MLflow's default is ./mlruns of whatever the cwd is)
+    artifacts = (out / "artifacts").as_uri() if uri.startswith("sqlite:") else None
+    exp_id = exp.experiment_id if exp else mlflow.create_experiment(name, artifact_location=artifacts)
     parent = mlflow.create_run(exp_id, run_name=f"{study.name}-study", tags={tracking.STUDY_TAG: study.name,
                                                                              "rankhouse.space": str(study.file)})
     pid = parent.info.run_id
@@ -53,23 +65,43 @@ def start_parent(uri: str, study: spaces.Study, prepared) -> tuple[str, str, str
     return name, exp_id, pid
 
 
-def concurrency(study: spaces.Study, total_cpus: float) -> int:
-    """Trials that fit side by side. With the ``train`` executor a trial holds its function's CPU
-    share plus its workers': more trials than fit would start, then wait on each other's
-    workers and time out instead of queueing."""
+def concurrency(study: spaces.Study, total_cpus: float, total_gpus: float) -> int:
+    """Trials that fit side by side. With the ``train`` executor a trial's function holds a CPU
+    sliver and its workers are placed later: more trials than fit would start, then wait on
+    each other's workers and time out instead of queueing. So the limit is computed here."""
     r = study.config["resources"]
-    per_trial = trial_resources(r, TRIAL_FUNCTION_CPU)["cpu"]
-    if executor(r) == "train":
-        per_trial += r["workers_per_trial"] * r["cpus_per_worker"]
-    if per_trial > total_cpus:
-        raise RankhouseError(f"{study.file}: resources: a trial needs {per_trial:g} CPUs "
-                             f"but the cluster has {total_cpus:g}; lower resources.cpus_per_worker")
-    fits = int(total_cpus // per_trial)
+    cpus = TRIAL_FUNCTION_CPU + r["workers_per_trial"] * r["cpus_per_worker"] if executor(r) == "train" \
+        else r["cpus_per_worker"]
+    gpus = r["workers_per_trial"] * r["gpus_per_worker"]
+    if cpus > total_cpus or gpus > total_gpus:
+        raise RankhouseError(f"{study.file}: resources: a trial needs {cpus:g} CPUs and {gpus:g} GPUs but the "
+                             f"cluster has {total_cpus:g} and {total_gpus:g}; lower resources.cpus_per_worker "
+                             "or resources.gpus_per_worker")
+    fits = int(total_cpus // cpus)
+    if gpus > 0:
+        fits = min(fits, int(total_gpus // gpus))
     wanted = study.config["search"]["max_concurrent"]
     if fits < wanted:
-        print(f"note: search.max_concurrent {wanted} lowered to {fits}: a trial needs {per_trial:g} of "
-              f"{total_cpus:g} CPUs (more would wait on each other's workers and time out)")
+        print(f"note: search.max_concurrent {wanted} lowered to {fits}: that many trials fit in the "
+              f"cluster's {total_cpus:g} CPUs / {total_gpus:g} GPUs")
     return max(1, min(wanted, fits))
+
+
+def start_ray() -> None:
+    """Connect to ``RAY_ADDRESS`` (a cluster) or start a local Ray bound to 127.0.0.1."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {k: os.environ.get(k, v) for k, v in RAY_ENV.items()}
+    os.environ.update(env)
+    address = os.environ.get("RAY_ADDRESS")
+    try:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=bool(os.environ.get("RANKHOUSE_RAY_LOGS")),
+                 **({} if address else {"_node_ip_address": "127.0.0.1"}))
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise RankhouseError(f"cannot start or reach Ray (RAY_ADDRESS={address or 'unset'}): "
+                             f"{' '.join(str(exc).split())[:300]}") from None
 
 
 def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, parent_id: str):
@@ -82,22 +114,18 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
 
     from trainables.trial import run_trial
 
-    if not ray.is_initialized():
-        os.environ.update({k: os.environ.get(k, v) for k, v in RAY_ENV.items()})
-        ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": RAY_ENV},
-                 log_to_driver=bool(os.environ.get("RANKHOUSE_RAY_LOGS")))
+    start_ray()
     cfg = study.config
     metric, mode = cfg["objective"]["metric"], cfg["objective"]["mode"]
     s = cfg["search"]
-    gpus = cfg["resources"]["gpus_per_worker"]
-    if gpus > 0 and ray.cluster_resources().get("GPU", 0) < gpus:
-        raise RankhouseError(f"{study.file}: resources.gpus_per_worker: {gpus:g} but the cluster has "
-                             f"{ray.cluster_resources().get('GPU', 0):g} GPUs")
-    limit = concurrency(study, ray.cluster_resources().get("CPU", 1))
+    resources = ray.cluster_resources()
+    limit = concurrency(study, resources.get("CPU", 0), resources.get("GPU", 0))
     searcher = OptunaSearch(
         space=spaces.DefineByRun(study.params), metric=metric, mode=mode,
         sampler=optuna.samplers.TPESampler(seed=s["seed"], multivariate=True),
-        study_name=study.name, storage=optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}"),
+        # one Optuna study per MLflow parent run: a new search never learns from an old one
+        study_name=f"{study.name}-{parent_id}",
+        storage=optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}"),
     )
     sch = s["scheduler"]
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg["train"]["epochs"],
@@ -119,51 +147,60 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
             num_samples=s["num_samples"], metric=metric, mode=mode,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
         ),
-        run_config=tune.RunConfig(name=study.name, storage_path=str(out / "ray"), verbose=1,
-                                  failure_config=tune.FailureConfig(max_failures=cfg["resources"]["max_failures"])),
+        run_config=tune.RunConfig(
+            name=study.name, storage_path=str(out / "ray"), verbose=1,
+            # retried at one level only: here for the direct executor, by Ray Train for the train executor
+            failure_config=tune.FailureConfig(
+                max_failures=cfg["resources"]["max_failures"] if executor(cfg["resources"]) == "direct" else 0),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )
     return tuner.fit()
 
 
-def summarize(study: spaces.Study, results, prepared, uri: str, experiment: str, exp_id: str, parent_id: str) -> dict:
-    """One row per trial from MLflow (the record users browse), with Tune's errors and configs."""
+def close_child_runs(study: spaces.Study, results, uri: str, exp_id: str, parent_id: str) -> None:
+    """Give every trial's run its final status. Tune ends a trial function that the scheduler
+    stopped (or whose last report crossed Tune's stop) before it can close its own run."""
     mlflow = tracking.client(uri)
     tune_trials = {Path(r.path).name.removeprefix("trial_"): r for r in results}
+    for run in tracking.children(mlflow, exp_id, parent_id):
+        if run.info.status != "RUNNING":
+            continue
+        result = tune_trials.get(run.data.tags.get(tracking.TRIAL_TAG))
+        epochs = len(tracking.epochs(mlflow, run.info.run_id, study.config["objective"]["metric"]))
+        if result is not None and result.error is not None:
+            mlflow.set_tag(run.info.run_id, "rankhouse.failure", " ".join(str(result.error).split())[:4000])
+            mlflow.set_terminated(run.info.run_id, status="FAILED")
+        elif epochs >= study.config["train"]["epochs"]:
+            mlflow.set_terminated(run.info.run_id, status="FINISHED")
+        else:
+            mlflow.set_tag(run.info.run_id, "rankhouse.stopped_by", "scheduler")
+            mlflow.set_terminated(run.info.run_id, status="KILLED")
+
+
+def summarize(study: spaces.Study, results, prepared, uri: str, experiment: str, exp_id: str, parent_id: str) -> dict:
+    """One row per trial from MLflow (the record users browse), with the configs Tune sampled."""
+    mlflow = tracking.client(uri)
+    configs = {Path(r.path).name.removeprefix("trial_"): dict(r.config) for r in results}
     metric, mode = study.config["objective"]["metric"], study.config["objective"]["mode"]
+    status_names = {"KILLED": "STOPPED"}
     trials = []
     for run in tracking.children(mlflow, exp_id, parent_id):
         tid = run.data.tags.get(tracking.TRIAL_TAG)
-        history = mlflow.get_metric_history(run.info.run_id, tracking.key(metric))
-        status = run.info.status
-        result = tune_trials.get(tid)
-        failure = run.data.tags.get("rankhouse.failure")
-        if status == "RUNNING":  # Tune ended the trial function before it could close its run
-            if result is not None and result.error is not None:
-                status, failure = "FAILED", " ".join(str(result.error).split())[:4000]
-                mlflow.set_tag(run.info.run_id, "rankhouse.failure", failure)
-            elif len(history) >= study.config["train"]["epochs"]:
-                status = "FINISHED"  # the trial's last report and Tune's stop crossed
-            else:
-                mlflow.set_tag(run.info.run_id, "rankhouse.stopped_by", "scheduler")
-                status = "STOPPED"
-            mlflow.set_terminated(run.info.run_id, status={"STOPPED": "KILLED"}.get(status, status))
+        history = tracking.epochs(mlflow, run.info.run_id, metric)
+        values = list(history.values())
+        best = (max if mode == "max" else min)(values) if values else None
         trials.append({
-            "trial_id": tid, "run_id": run.info.run_id, "status": status,
-            "config": dict(result.config) if result is not None else {},
+            "trial_id": tid, "run_id": run.info.run_id,
+            "status": status_names.get(run.info.status, run.info.status),
+            "config": configs.get(tid, {}),
             "metrics": {k: v for k, v in run.data.metrics.items() if k.startswith(("valid/", "train/"))},
-            "best": max((m.value for m in history), default=None) if mode == "max"
-            else min((m.value for m in history), default=None),
-            "epochs": len(history),
+            "best": best, "epochs": len(history),
             "adapter": f"runs:/{run.info.run_id}/adapter" if run.data.tags.get("rankhouse.best_epoch") else None,
-            "failure": failure,
+            "failure": run.data.tags.get("rankhouse.failure"),
         })
     sign = -1 if mode == "max" else 1
     trials.sort(key=lambda t: (t["best"] is None or not math.isfinite(t["best"]), sign * (t["best"] or 0)))
     best = next((t for t in trials if t["best"] is not None and t["adapter"]), None)
-    if best:
-        mlflow.set_tag(parent_id, "rankhouse.best_run", best["run_id"])
-        mlflow.log_metric(parent_id, tracking.key(f"best/{metric}"), best["best"])
-    mlflow.set_terminated(parent_id, status="FINISHED")
     return {"study": study.name, "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent_id,
             "objective": {"metric": metric, "mode": mode}, "base": {"identity": prepared.base_identity,
                                                                     "metrics": prepared.base_metrics},
@@ -208,18 +245,29 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     prepared = prepare(study)
     uri = tracking_uri(study, out)
-    experiment, exp_id, parent_id = start_parent(uri, study, prepared)
+    experiment, exp_id, parent_id = start_parent(uri, study, prepared, out)
+    metric = study.config["objective"]["metric"]
     print(f"tracking: {uri}\nexperiment: {experiment}\nparent run: {parent_id}\n"
           f"browse: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
     print(f"base: {prepared.base_identity['name']} ({(prepared.base_identity['sha256'] or '')[:12]}) "
-          f"{study.config['objective']['metric']} = {prepared.base_metrics.get(study.config['objective']['metric'], float('nan')):.3f}")
-    results = run_search(study, prepared, out, uri, exp_id, parent_id)
+          f"{metric} = {prepared.base_metrics.get(metric, float('nan')):.3f}")
+    mlflow = tracking.client(uri)
+    try:
+        results = run_search(study, prepared, out, uri, exp_id, parent_id)
+    except BaseException:
+        mlflow.set_terminated(parent_id, status="FAILED")
+        raise
+    close_child_runs(study, results, uri, exp_id, parent_id)
     summary = summarize(study, results, prepared, uri, experiment, exp_id, parent_id)
+    if summary["best"]:
+        mlflow.set_tag(parent_id, "rankhouse.best_run", summary["best"]["run_id"])
+        mlflow.log_metric(parent_id, tracking.key(f"best/{metric}"), summary["best"]["best"])
+    mlflow.set_terminated(parent_id, status="FINISHED")
     print_table(summary)
     if summary["best"]:
         b = summary["best"]
-        print(f"\nbest: trial {b['trial_id']} {summary['objective']['metric']} = {b['best']:.3f} "
-              f"(base {prepared.base_metrics.get(summary['objective']['metric'], float('nan')):.3f}); adapter {b['adapter']}")
+        print(f"\nbest: trial {b['trial_id']} {metric} = {b['best']:.3f} "
+              f"(base {prepared.base_metrics.get(metric, float('nan')):.3f}); adapter {b['adapter']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=1, default=str))

@@ -78,17 +78,27 @@ class Setup:
     family: Family
 
 
-def build_model(cfg: dict) -> Setup:
+def base_model(cfg: dict) -> Setup:
+    """The base with its heads rebuilt for the configured sources, frozen, no adapter yet.
+
+    Frozen matters beyond training: PyTorch's MultiheadAttention takes its fast path only when
+    no parameter requires grad, and PEFT freezes the base, so only a frozen reference gives the
+    exact step-0 equality the tests prove."""
     family = get_family(cfg["model"]["family"])
     base = family.build_base(cfg["model"])
     sources = normalize_sources(cfg["data"].get("sources") or cfg["model"]["sources"])
     model, heads = family.adapt_sources(base, list(sources), dict(cfg["model"].get("parents") or {}))
+    return Setup(model.requires_grad_(False), {}, heads, base, sources, family)
+
+
+def build_model(cfg: dict) -> Setup:
+    setup = base_model(cfg)
     if cfg.get("lora") is None:  # full training: the base trainer and the full fine-tuning reference
-        return Setup(model.requires_grad_(True), {}, heads, base, sources, family)
-    model.requires_grad_(False)  # frozen base: see tests (PyTorch's MHA fast path needs it for exact step-0 equality)
+        setup.model.requires_grad_(True)
+        return setup
     spec = lora.LoraSpec.from_config(cfg["lora"])
-    peft_model, ranks = lora.apply(model, spec, heads, family.default_targets)
-    return Setup(peft_model, ranks, heads, base, sources, family)
+    setup.model, setup.ranks = lora.apply(setup.model, spec, setup.modules_to_save, setup.family.default_targets)
+    return setup
 
 
 def evaluate(model: torch.nn.Module, valid, sources: dict, samplerate: int, segment_seconds: float,
@@ -121,7 +131,7 @@ def open_caches(cfg: dict, sources: dict, samplerate: int) -> tuple[stem_cache.S
 
 def train(cfg: dict, report: Report, resume_from: Path | None = None, device: torch.device | None = None,
           prepare_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None, log=print,
-          on_setup: Callable[[Setup], None] | None = None) -> dict:
+          on_setup: Callable[[Setup], None] | None = None, rank: int = 0) -> dict:
     """Train adapters for ``cfg``; ``report`` gets metrics and a checkpoint folder every epoch."""
     t = cfg["train"]
     seed = int(t.get("seed", 0))
@@ -133,7 +143,8 @@ def train(cfg: dict, report: Report, resume_from: Path | None = None, device: to
     model = setup.model.to(device)
     samplerate, segment = setup.base.samplerate, float(cfg["data"].get("segment", setup.base.segment))
     train_cache, valid_cache = open_caches(cfg, setup.sources, samplerate)
-    sampler = SegmentSampler(train_cache, setup.sources, int(segment * samplerate), seed,
+    # each data-parallel rank draws its own batches
+    sampler = SegmentSampler(train_cache, setup.sources, int(segment * samplerate), seed + rank,
                              Augment() if t.get("augment", True) else Augment.off())
     params = [p for p in model.parameters() if p.requires_grad]
     o = cfg["optim"]

@@ -68,6 +68,11 @@ def child_run(mlflow, experiment_id: str, parent_id: str, study: str, trial_id: 
     return run.info.run_id
 
 
+def epochs(mlflow, run_id: str, metric: str) -> dict[int, float]:
+    """{epoch: value} of a run's metric; a step logged twice (a retried epoch) counts once."""
+    return {m.step: m.value for m in sorted(mlflow.get_metric_history(run_id, key(metric)), key=lambda m: m.timestamp)}
+
+
 def children(mlflow, experiment_id: str, parent_id: str) -> Iterable:
     return mlflow.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
                               max_results=10_000)

@@ -72,7 +72,7 @@ def run_trial(sampled: dict, study: dict) -> None:
     try:
         if executor(cfg["resources"]) == "direct":
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            _run_loop(loop_config, ray.tune.report, ray.tune.get_checkpoint(), ray.tune.Checkpoint, True, device)
+            _run_loop(loop_config, ray.tune.report, ray.tune.get_checkpoint(), ray.tune.Checkpoint, 0, device)
         else:
             _fit_train(loop_config, cfg, study, ctx.get_trial_id())
     except (ray.train.TrainingFailedError, loop.TrialFailed) as exc:
@@ -115,16 +115,19 @@ def worker_main(config: dict) -> None:
     ctx = ray.train.get_context()
     prepare = ray.train.torch.prepare_model if ctx.get_world_size() > 1 else None
     _run_loop(config, ray.train.report, ray.train.get_checkpoint(), ray.train.Checkpoint,
-              ctx.get_world_rank() == 0, ray.train.torch.get_device(), prepare)
+              ctx.get_world_rank(), ray.train.torch.get_device(), prepare)
 
 
-def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank0: bool, device: torch.device,
+def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: int, device: torch.device,
               prepare: Callable | None = None) -> None:
-    """The loop with Ray reporting and (rank 0 only) MLflow logging, for either executor."""
+    """The loop with Ray reporting and (rank 0 only) MLflow logging and checkpoints, for either executor."""
     cfg, run_id = config["cfg"], config["run_id"]
+    rank0 = rank == 0
     mlflow = tracking.client(config["uri"]) if rank0 else None
     metric, mode = cfg["objective"]["metric"], cfg["objective"]["mode"]
-    best = {"value": None}
+    # a resumed trial keeps comparing against the best epoch it logged before
+    logged = list(tracking.epochs(mlflow, run_id, metric).values()) if rank0 else []
+    best = {"value": (max if mode == "max" else min)(logged) if logged else None}
 
     def report(metrics: dict, folder: Path) -> None:
         if rank0:
@@ -136,7 +139,7 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank0:
                 best["value"] = value
                 mlflow.log_artifacts(run_id, str(folder / checkpoint.ADAPTER), "adapter")
                 mlflow.set_tag(run_id, "rankhouse.best_epoch", str(metrics["epoch"]))
-        ray_report(metrics, checkpoint=checkpoint_cls.from_directory(str(folder)))
+        ray_report(metrics, checkpoint=checkpoint_cls.from_directory(str(folder)) if rank0 else None)
 
     def describe(setup: loop.Setup) -> None:
         if not rank0:
@@ -152,7 +155,8 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank0:
             mlflow.log_artifact(run_id, str(Path(tmp) / "ranks.json"))
 
     if resume is None:
-        loop.train(cfg, report, device=device, prepare_model=prepare, on_setup=describe)
+        loop.train(cfg, report, device=device, prepare_model=prepare, on_setup=describe, rank=rank)
         return
     with resume.as_directory() as folder:
-        loop.train(cfg, report, resume_from=Path(folder), device=device, prepare_model=prepare, on_setup=describe)
+        loop.train(cfg, report, resume_from=Path(folder), device=device, prepare_model=prepare, on_setup=describe,
+                   rank=rank)
