@@ -24,4 +24,4 @@ base: $(STAMP)
 	$(PY) -m platform.base
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs mlruns .pytest_cache

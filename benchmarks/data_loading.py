@@ -1,7 +1,7 @@
 """How fast training segments come out of the Arrow cache, against decoding WAV/FLAC per item,
 and how much memory the memory-mapped cache costs when several processes read it.
 
-    .venv/bin/python benchmarks/data_loading.py [--songs 8] [--seconds 30] [--segments 200] [--out DIR]
+    .venv/bin/python -m benchmarks.data_loading [--songs 8] [--seconds 30] [--segments 200] [--out DIR]
 
 It renders its own corpus (trainables.data.render.render_corpus), builds the 44.1 kHz cache of
 the train split, converts the corpus to FLAC, then draws the same N random (track, offset)

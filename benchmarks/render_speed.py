@@ -1,7 +1,7 @@
 """Corpus rendering speed: seconds of stereo 44.1 kHz audio (5 stems + mixture) rendered per
 second of wall time, on one core, per preset.
 
-    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/render_speed.py --songs 4 --seconds 30
+    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python -m benchmarks.render_speed --songs 4 --seconds 30
 """
 
 from __future__ import annotations

@@ -8,24 +8,20 @@ Each platform row is the wall time of Tuner.fit() for a one-trial study (MLflow 
 checkpoints included); ray.init, the dataset preflight and the base score are shared set-up
 and reported apart.
 
-    .venv/bin/python benchmarks/trial_overhead.py --steps 20 --epochs 2
+    .venv/bin/python -m benchmarks.trial_overhead --steps 20 --epochs 2   (from the repository root)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.modules.pop("platform", None)  # rankhouse's control plane (re-exports the standard module)
-import platform  # noqa: E402,F401
+from platform import preflight, spaces, tune  # run with -m from the root: ``platform`` is rankhouse's
 
-from platform import preflight, spaces, tune  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

@@ -51,8 +51,10 @@ def check_or_raise(root: Path, sources, segment_seconds: float | None = None, to
         print(f"{root}: {p}", file=sys.stderr)
     bad = check.errors(problems)
     if bad:
+        segment = f" --segment {segment_seconds:g}" if segment_seconds else ""
         raise RankhouseError(f"{root}: {len(bad)} dataset error(s) (listed above); fix them and run "
-                             f"python -m platform.data check {root} --sources {','.join(stems_of(sources))}")
+                             f"python -m platform.data check {root} --sources {','.join(stems_of(sources))}"
+                             f"{segment} --tolerance-db {tolerance_db:g}")
     return problems
 
 
@@ -71,6 +73,8 @@ def main(argv: list[str]) -> int:
     c.add_argument("root", type=Path)
     c.add_argument("--sources", required=True, help="kick,hihat,bass,other,vocals or drums=kick+hihat,bass,...")
     c.add_argument("--segment", type=float, default=None, help="training segment in seconds")
+    c.add_argument("--tolerance-db", type=float, default=30.0,
+                   help="mixture - sum of stems must be this many dB below the mixture (default 30)")
     k = sub.add_parser("cache", help="decode the dataset into the memory-mapped Arrow cache")
     k.add_argument("root", type=Path)
     k.add_argument("--sources", required=True)
@@ -84,7 +88,7 @@ def main(argv: list[str]) -> int:
         return 0
     sources = parse_sources(args.sources)
     if args.command == "check":
-        problems = check.check_dataset(args.root, sources, args.segment, progress=Progress("check"))
+        problems = check.check_dataset(args.root, sources, args.segment, args.tolerance_db, progress=Progress("check"))
         for p in problems:
             print(p)
         n_err = len(check.errors(problems))

@@ -13,7 +13,6 @@ is sampled define-by-run through Optuna, so a parameter can depend on another (`
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -371,19 +370,11 @@ def load(file: Path | str, overrides: list[str] = ()) -> Study:
     return Study(file, config, list(params.values()))
 
 
-def set_path(config: dict, path: tuple[str, ...], value: Any) -> None:
-    node = config
-    for part in path[:-1]:
-        node = node.setdefault(part, {})
-    node[path[-1]] = value
-
-
 def trial_config(study: Study, sampled: dict[str, Any]) -> dict:
     """The full config of one trial: the fixed values with the sampled ones set (keys as in the file)."""
-    config = copy.deepcopy(study.config)
-    by_key = {p.key: p for p in study.params}
-    for key, value in sampled.items():
-        set_path(config, by_key[key].path, value)
+    from trainables.trial import merge
+
+    config = merge(study.config, sampled, {p.key: p.path for p in study.params})
     config.pop("search", None)
     return config
 

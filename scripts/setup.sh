@@ -26,8 +26,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-PY=${PYTHON:-python3.11}
+# Python >= 3.11: $PYTHON, else python3.11, else python3 (Ubuntu 24.04 ships 3.12)
+PY=${PYTHON:-}
+for candidate in python3.11 python3; do
+  [ -n "$PY" ] && break
+  command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' && PY=$candidate
+done
+if [ -z "$PY" ]; then
+  echo "setup: need Python >= 3.11; install it (sudo apt-get install -y python3) or set PYTHON=/path/to/python" >&2
+  exit 1
+fi
 if [ ! -x .venv/bin/python ]; then
+  if ! "$PY" -c 'import ensurepip' 2>/dev/null; then  # Debian splits venv support out of python3
+    pkg="python3-venv"
+    [ "$(id -u)" = 0 ] && { apt-get install -y -qq "$pkg" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$pkg" >/dev/null; }; } \
+      || { echo "setup: $PY cannot create a venv; run: sudo apt-get install -y $pkg" >&2; exit 1; }
+  fi
   echo "setup: creating .venv with $PY"
   "$PY" -m venv .venv
 fi

@@ -156,12 +156,27 @@ def test_samplerate_mismatch(corpus_copy, capsys):
 def test_channel_mismatch(corpus_copy, capsys):
     path = corpus_copy / TRACK / "bass.wav"
     data, sr = read16(path)
-    write16(path, data[:, 0], sr)  # mono
-    assert sf.info(str(path)).channels == 1
+    write16(path, np.stack([data[:, 0], data[:, 1], data[:, 0]], axis=1), sr)  # 3 channels
+    assert sf.info(str(path)).channels == 3
     p = only(problems(corpus_copy))
     assert (p.severity, p.where) == ("error", f"{TRACK}/bass.wav")
-    assert p.what == "1 channel(s) but mixture has 2"
+    assert p.what == "3 channel(s) but mixture has 2"
     assert run_check(corpus_copy, capsys)[0] == 1
+
+
+def test_mono_stem_is_a_warning(corpus_copy, capsys):
+    """A mono stem is used on both channels (as the loader does): a warning, and the sum check
+    sees it upmixed, so a mixture made from the upmixed stem passes."""
+    track = corpus_copy / TRACK
+    bass, sr = read16(track / "bass.wav")
+    mix, _ = read16(track / "mixture.wav")
+    mono = bass[:, 0]
+    write16(track / "bass.wav", mono, sr)
+    write16(track / "mixture.wav", (mix.astype(np.int32) - bass + mono[:, None]).astype(np.int16), sr)
+    p = only(problems(corpus_copy))
+    assert (p.severity, p.where) == ("warning", f"{TRACK}/bass.wav")
+    assert p.what == "mono but mixture has 2 channels"
+    assert run_check(corpus_copy, capsys)[0] == 0
 
 
 def test_length_mismatch(corpus_copy, capsys):

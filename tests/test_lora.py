@@ -358,10 +358,16 @@ def test_spec_errors(cfg, message):
 
 
 def test_spec_from_config_normalises():
-    spec = lora.LoraSpec.from_config({"rank": "4", "alpha": 8, "targets": "encoder.*", "rank_mode": "uniform",
+    spec = lora.LoraSpec.from_config({"rank": "4", "alpha": 8, "targets": "encoder.*",
                                       "layer_ranks": {"encoder.0.*": "2"}})
     assert (spec.rank, spec.alpha, spec.targets, spec.layer_ranks) == (4, 8.0, ["encoder.*"], {"encoder.0.*": 2})
     assert isinstance(spec.alpha, float)
+
+
+def test_rank_modes_are_not_silently_accepted():
+    """Rank modes are not built yet: a config asking for one is refused, not ignored."""
+    with pytest.raises(RankhouseError, match="rank_mode"):
+        lora.LoraSpec.from_config({"rank": 4, "rank_mode": "heuristic"})
 
 
 # --- MultiheadAttention, scaling -------------------------------------------------------------------

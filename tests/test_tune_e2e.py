@@ -82,6 +82,16 @@ def test_parent_and_child_runs_with_sdr_per_epoch(search):
 
 
 @pytest.mark.slow
+def test_everything_lands_in_the_output_folder(search):
+    _, summary, work = search
+    out = work / "out"
+    assert summary["tracking_uri"] == f"sqlite:///{out / 'mlflow.db'}"
+    assert list((out / "artifacts").rglob("adapter_model.safetensors"))  # adapters beside the store
+    assert (out / "optuna.db").is_file() and (out / "ray").is_dir()
+    assert not (ROOT / "mlruns").exists()
+
+
+@pytest.mark.slow
 def test_adapters_reload_and_reproduce_the_logged_score(search, base_checkpoint):
     import mlflow
 

@@ -32,10 +32,7 @@ class Base:
 
 class Family(ABC):
     name: str
-    objective: tuple[str, str] = ("valid/sdr", "max")
-    # placement groups for search spaces: group name -> glob patterns over module paths
-    layer_groups: dict[str, list[str]] = {}
-    default_targets: list[str] = ["*"]
+    default_targets: list[str] = ["*"]  # LoRA targets when the config names none
 
     @abstractmethod
     def build_base(self, cfg: dict) -> Base:

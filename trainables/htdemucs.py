@@ -29,7 +29,7 @@ from trainables.family import Base, Family
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 EMBEDDED = ASSETS / "htdemucs_embedded.safetensors"
-HUB_CHECKPOINTS = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+HUB_CHECKPOINTS = Path(torch.hub.get_dir()) / "checkpoints"  # where demucs' downloads land
 
 # the embedded base's architecture: depth 4 with nfft 4096 (shallower models attend over
 # thousands of frequency bins and run out of memory), 16 channels, 22.05 kHz, 2 transformer layers
@@ -70,11 +70,12 @@ def load_safetensors(path: Path) -> tuple[nn.Module, dict]:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         sources, kwargs = json.loads(meta["sources"]), json.loads(meta["kwargs"])
-    except (KeyError, json.JSONDecodeError, OSError, Exception) as exc:
-        raise RankhouseError(f"{path}: not a rankhouse HT-Demucs checkpoint ({type(exc).__name__}); "
-                             "write one with python -m platform.base") from None
-    model = new_model(sources, kwargs)
-    model.load_state_dict(load_file(str(path)))
+        model = new_model(sources, kwargs)
+        model.load_state_dict(load_file(str(path)))
+    except Exception as exc:  # corrupt file, missing metadata, weights of another architecture
+        raise RankhouseError(f"{path}: not a rankhouse HT-Demucs checkpoint ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); write one with "
+                             "python -m platform.base") from None
     return model, kwargs
 
 
@@ -123,14 +124,6 @@ def find_pretrained(name: str) -> Path:
 
 class HTDemucsFamily(Family):
     name = "htdemucs"
-    # placement groups (real module paths); the heads are excluded when rebuilt
-    layer_groups = {
-        "freq_encoder": ["encoder.*"],
-        "time_encoder": ["tencoder.*"],
-        "transformer": ["crosstransformer.*", "channel_upsampler*", "channel_downsampler*"],
-        "freq_decoder": ["decoder.*"],
-        "time_decoder": ["tdecoder.*"],
-    }
     # the layers that carry the model: each encoder/decoder's main conv and 1x1 rewrite, and the
     # cross-domain transformer. The DConv residual branches are left out by default: they are
     # bottlenecks of a few channels (a 16-channel layer's branch has 2), so any useful rank

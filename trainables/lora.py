@@ -90,7 +90,7 @@ class LoraSpec:
     @classmethod
     def from_config(cls, cfg: Mapping) -> "LoraSpec":
         known = {"rank", "alpha", "dropout", "scaling", "targets", "layer_ranks"}
-        unknown = set(cfg) - known - {"rank_mode"}
+        unknown = set(cfg) - known
         if unknown:
             raise RankhouseError(f"lora: unknown key(s) {sorted(unknown)}; expected {sorted(known)}")
         spec = cls(**{k: v for k, v in cfg.items() if k in known})

@@ -119,6 +119,9 @@ def check_track(track: Path, split: str, stems: list[str], segment_seconds: floa
             if sr != ref[0]:
                 problems.append(Problem("error", loc, f"sample rate {sr} Hz but {ref_name} is {ref[0]} Hz",
                                         "export every file of a track at one sample rate"))
+            elif ch != ref[1] and ch == 1:
+                problems.append(Problem("warning", loc, f"mono but {ref_name} has {ref[1]} channels",
+                                        "it is used as the same signal on every channel"))
             elif ch != ref[1]:
                 problems.append(Problem("error", loc, f"{ch} channel(s) but {ref_name} has {ref[1]}",
                                         "export every file of a track with the same channel count"))

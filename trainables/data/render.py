@@ -8,6 +8,7 @@ plus beat and downbeat times, so a structure model can train on the same corpus.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -102,8 +103,34 @@ def render_corpus(out: Path, preset: str, songs: int, seconds: float, seed: int 
     out = Path(out).resolve()
     if out == Path.cwd().resolve() or out.parent == out:
         raise RankhouseError(f"--out {out}: render into a new folder, not the current directory")
-    if (out / MANIFEST).is_file() and json.loads((out / MANIFEST).read_text()) == spec:
-        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = os.open(out.parent, os.O_RDONLY)  # a lock on the folder itself: no lock file left behind
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two searches may render the same embedded corpus at once
+        if (out / MANIFEST).is_file() and json.loads((out / MANIFEST).read_text()) == spec:
+            return out
+        if out.exists() and any(out.iterdir()):
+            raise RankhouseError(f"{out}: exists and is not a corpus rendered with these settings; "
+                                 "choose an empty --out")
+        soundfont = synth.find_soundfont()
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            for i in range(songs):
+                split = "valid" if i >= songs - valid else "train"
+                stems, notes = render_song(preset, song_seed(seed, i), seconds, soundfont)
+                write_track(tmp / split / f"{preset}-{seed}-{i:04d}", stems, notes)
+                if progress:
+                    progress(i + 1, songs)
+            (tmp / MANIFEST).write_text(json.dumps(spec, indent=1))
+            if out.exists():
+                out.rmdir()
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        os.close(lock)  # releases the lock
+    return out
     if out.exists() and any(out.iterdir()):
         raise RankhouseError(f"{out}: exists and is not a corpus rendered with these settings; choose an empty --out")
     soundfont = synth.find_soundfont()

@@ -1,0 +1,1 @@
+"""Measured claims: run each as ``python -m benchmarks.NAME`` from the repository root."""
