@@ -25,6 +25,7 @@ from platform.corpus import embedded_corpus
 from trainables import checkpoint, htdemucs, loop
 from trainables.data import cache as stem_cache
 from trainables.data.layout import stems_of
+from trainables.errors import RankhouseError
 
 FOUR_STEMS = {"drums": ["kick", "hihat"], "bass": ["bass"], "other": ["other"], "vocals": ["vocals"]}
 CARD_JSON = htdemucs.ASSETS / "htdemucs_embedded.json"
@@ -68,12 +69,22 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-minutes", type=float, default=120.0)
     p.add_argument("--work", type=Path, default=Path("runs/base"))
     p.add_argument("--out", type=Path, default=htdemucs.EMBEDDED)
+    p.add_argument("--finalize", action="store_true",
+                   help="write the asset and card from --work's best checkpoint and curve of an interrupted run")
     args = p.parse_args(argv)
 
     root = embedded_corpus("generic", args.songs, args.seconds, args.data_seed)
+    best_path = args.work / "best.safetensors"
+    train_argv = [a for a in argv if a != "--finalize"]
+    if args.finalize:
+        if not best_path.is_file() or not (args.work / "curve.json").is_file():
+            raise RankhouseError(f"{args.work}: no best.safetensors/curve.json of a base run to finalize")
+        curve = json.loads((args.work / "curve.json").read_text())
+        minutes = curve[-1]["minutes"] if curve else 0.0
+        why = f"interrupted by hand after {minutes:g} min (this session's time), before a plateau"
+        return finalize(args, train_argv, root, curve, why, minutes)
     cfg = base_config(root, args)
     args.work.mkdir(parents=True, exist_ok=True)
-    best_path = args.work / "best.safetensors"
     curve: list[dict] = []
     best = {"sdr": -float("inf"), "epoch": 0}
     started = time.time()
@@ -101,7 +112,13 @@ def main(argv: list[str]) -> int:
         return False
 
     loop.train(cfg, report)
-    # the asset: best weights, architecture in the safetensors metadata
+    return finalize(args, train_argv, root, curve, stop_reason["why"], (time.time() - started) / 60)
+
+
+def finalize(args, train_argv: list[str], root: Path, curve: list[dict], stopped_by: str, minutes: float) -> int:
+    """Write the best checkpoint as the asset (architecture in its metadata) and its model card."""
+    best_path = args.work / "best.safetensors"
+    best = max(curve, key=lambda c: c["valid_sdr"]) if curve else {"epoch": None, "step": None}
     kwargs = dict(htdemucs.EMBEDDED_KWARGS)
     model = htdemucs.new_model(list(FOUR_STEMS), kwargs)
     model.load_state_dict(load_file(str(best_path)))
@@ -117,12 +134,12 @@ def main(argv: list[str]) -> int:
                  "sources": FOUR_STEMS},
         "training": {"optimizer": "AdamW", "lr": args.lr, "batch_size": args.batch_size, "segment_s": 3.0,
                      "steps_per_epoch": args.steps_per_epoch, "seed": args.seed, "augment": "demucs-style",
-                     "best_epoch": best["epoch"], "best_step": best.get("step"), "epochs_run": len(curve),
-                     "stopped_by": stop_reason["why"], "patience_epochs": args.patience,
-                     "min_delta_db": args.min_delta, "minutes": round((time.time() - started) / 60, 1)},
+                     "best_epoch": best["epoch"], "best_step": best["step"], "epochs_run": len(curve),
+                     "stopped_by": stopped_by, "patience_epochs": args.patience,
+                     "min_delta_db": args.min_delta, "minutes": round(minutes, 1)},
         "valid_curve": curve,
         "nsdr": {"generic_valid": generic, "techhouse_valid": techhouse},
-        "command": "python -m platform.base " + " ".join(argv),
+        "command": " ".join(["python -m platform.base", *train_argv]),
     }
     if args.out == htdemucs.EMBEDDED:
         CARD_JSON.write_text(json.dumps(card, indent=1))
