@@ -60,13 +60,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seconds", type=float, default=24.0)
     p.add_argument("--data-seed", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--steps-per-epoch", type=int, default=50)
     p.add_argument("--valid-seconds", type=float, default=12.0, help="validate on this much of each valid track")
     p.add_argument("--patience", type=int, default=8, help="epochs without improvement that make a plateau")
     p.add_argument("--min-delta", type=float, default=0.05, help="dB that count as an improvement")
-    p.add_argument("--max-minutes", type=float, default=120.0)
+    p.add_argument("--max-minutes", type=float, default=105.0)
     p.add_argument("--work", type=Path, default=Path("runs/base"))
     p.add_argument("--out", type=Path, default=htdemucs.EMBEDDED)
     p.add_argument("--finalize", action="store_true",
@@ -134,6 +134,7 @@ def finalize(args, train_argv: list[str], root: Path, curve: list[dict], stopped
                  "sources": FOUR_STEMS},
         "training": {"optimizer": "AdamW", "lr": args.lr, "batch_size": args.batch_size, "segment_s": 3.0,
                      "steps_per_epoch": args.steps_per_epoch, "seed": args.seed, "augment": "demucs-style",
+                     "valid_seconds": args.valid_seconds,
                      "best_epoch": best["epoch"], "best_step": best["step"], "epochs_run": len(curve),
                      "stopped_by": stopped_by, "patience_epochs": args.patience,
                      "min_delta_db": args.min_delta, "minutes": round(minutes, 1)},
@@ -167,7 +168,7 @@ def model_card_markdown(card: dict) -> str:
   tech-house {th['valid/sdr']:.2f} dB ({per(th)})
 - rebuild: `{card['command']}` (or `make base`)
 
-## Validation curve (first {card['data']['seconds']} s valid tracks truncated to the validation length)
+## Validation curve (nSDR on the generic valid tracks' first {t['valid_seconds']:g} s)
 
 | epoch | step | minutes | train loss | valid nSDR (dB) |
 |---|---|---|---|---|
