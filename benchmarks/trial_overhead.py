@@ -6,7 +6,7 @@ One run, same config and steps for every row:
   train           one Tune trial running a one-worker Ray Train TorchTrainer (executor: train)
 Each platform row is the wall time of Tuner.fit() for a one-trial study (MLflow logging and
 checkpoints included); ray.init, the dataset preflight and the base score are shared set-up
-and reported apart.
+and reported apart. Every row trains on one CPU (one torch thread), as a 1-CPU trial does.
 
     .venv/bin/python -m benchmarks.trial_overhead --steps 20 --epochs 2   (from the repository root)
 """
@@ -39,8 +39,12 @@ def main() -> None:
     study.params = []  # the fixed configuration only: every row trains the same thing
     prepared = preflight.prepare(study)
 
+    import torch
+
     from trainables import loop
 
+    # every row gets one CPU: Ray gives a 1-CPU trial one torch thread (OMP_NUM_THREADS=1)
+    torch.set_num_threads(1)
     rows = []
     started = time.perf_counter()
     loop.train(prepared.config, lambda metrics, folder: None, log=lambda *a: None)
@@ -54,7 +58,7 @@ def main() -> None:
     init_seconds = time.perf_counter() - started
     for name in ("direct", "train"):
         study.config["resources"]["executor"] = name
-        study.config["resources"]["cpus_per_worker"] = 1.0 if name == "direct" else 0.95
+        study.config["resources"]["cpus_per_worker"] = 1.0
         prepared.config["resources"] = dict(study.config["resources"])
         out = work / name
         out.mkdir()

@@ -268,6 +268,11 @@ def main(argv: list[str]) -> int:
         b = summary["best"]
         print(f"\nbest: trial {b['trial_id']} {metric} = {b['best']:.3f} "
               f"(base {prepared.base_metrics.get(metric, float('nan')):.3f}); adapter {b['adapter']}")
+        gains = {k.removeprefix("valid/sdr/"): v - prepared.base_metrics[k] for k, v in b["metrics"].items()
+                 if k.startswith("valid/sdr/") and k in prepared.base_metrics}
+        if gains:
+            print("best vs base, per source (dB, the trial's last epoch): "
+                  + ", ".join(f"{k} {v:+.2f}" for k, v in gains.items()))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=1, default=str))
