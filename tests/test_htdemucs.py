@@ -227,10 +227,7 @@ def test_load_demucs_package_refuses_arbitrary_pickles(tmp_path):
     with pytest.raises(RankhouseError, match="cannot be read safely as a demucs checkpoint") as err:
         htdemucs.load_demucs_package(path)
     assert "\n" not in str(err.value)
-    assert CALLS == []
-    # the same file really would have run code without weights_only
-    torch.load(str(path), weights_only=False)
-    assert CALLS == [("unpickled",)]
+    assert CALLS == []  # the payload's __reduce__ never ran
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")

@@ -131,23 +131,3 @@ def render_corpus(out: Path, preset: str, songs: int, seconds: float, seed: int 
     finally:
         os.close(lock)  # releases the lock
     return out
-    if out.exists() and any(out.iterdir()):
-        raise RankhouseError(f"{out}: exists and is not a corpus rendered with these settings; choose an empty --out")
-    soundfont = synth.find_soundfont()
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        for i in range(songs):
-            split = "valid" if i >= songs - valid else "train"
-            stems, notes = render_song(preset, song_seed(seed, i), seconds, soundfont)
-            write_track(tmp / split / f"{preset}-{seed}-{i:04d}", stems, notes)
-            if progress:
-                progress(i + 1, songs)
-        (tmp / MANIFEST).write_text(json.dumps(spec, indent=1))
-        if out.exists():
-            out.rmdir()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
