@@ -20,7 +20,7 @@ from platform.cli import run
 from platform.preflight import prepare
 from trainables import tracking
 from trainables.errors import RankhouseError
-from trainables.trial import executor, preload, trial_resources
+from trainables.trial import executor, trial_resources
 
 # Ray Train V2 polls its workers every 2 s by default; on a short trial that is most of the
 # overhead (see benchmarks/trial_overhead.py). Users may still override these.
@@ -97,8 +97,7 @@ def start_ray() -> None:
     os.environ.update(env)
     address = os.environ.get("RAY_ADDRESS")
     try:
-        ray.init(address=address, runtime_env={"env_vars": env, "worker_process_setup_hook": preload},
-                 log_to_driver=bool(os.environ.get("RANKHOUSE_RAY_LOGS")),
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=bool(os.environ.get("RANKHOUSE_RAY_LOGS")),
                  **({} if address else {"_node_ip_address": "127.0.0.1"}))
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise RankhouseError(f"cannot start or reach Ray (RAY_ADDRESS={address or 'unset'}): "
@@ -147,7 +146,6 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=limit), scheduler=scheduler,
             num_samples=s["num_samples"], metric=metric, mode=mode,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
-            reuse_actors=True,  # the next trial runs in a process that has imported everything already
         ),
         run_config=tune.RunConfig(
             name=study.name, storage_path=str(out / "ray"), verbose=1,
@@ -245,7 +243,6 @@ def main(argv: list[str]) -> int:
     study = spaces.load(args.space, args.overrides)
     out = output_dir(study)
     out.mkdir(parents=True, exist_ok=True)
-    start_ray()  # first, so Ray's idle workers import torch & co. while the preflight runs
     prepared = prepare(study)
     uri = tracking_uri(study, out)
     experiment, exp_id, parent_id = start_parent(uri, study, prepared, out)

@@ -29,16 +29,6 @@ import torch
 from trainables import checkpoint, loop, tracking
 
 
-def preload() -> None:
-    """Ray's worker_process_setup_hook: import what a trial needs when a worker starts (Ray starts
-    idle workers as soon as the driver connects, during the preflight) instead of in the trial."""
-    import demucs.htdemucs  # noqa: F401
-    import mlflow.tracking  # noqa: F401
-    import peft  # noqa: F401
-
-    import trainables.loop  # noqa: F401
-
-
 def merge(config: dict, sampled: dict, paths: dict[str, list[str]]) -> dict:
     out = copy.deepcopy(config)
     for key, value in sampled.items():
