@@ -35,6 +35,13 @@ def problems(root: Path, sources: str = SOURCES, segment: float | None = None) -
     return check.check_dataset(root, cli.parse_sources(sources), segment)
 
 
+def expect_only(root: Path, capsys, severity: str, where: str, what: str, exit_code: int) -> None:
+    """The planted defect is the one problem found, exactly as described, and the CLI's exit code follows."""
+    p = only(problems(root))
+    assert (p.severity, p.where, p.what) == (severity, where, what)
+    assert run_check(root, capsys)[0] == exit_code
+
+
 def only(found: list[check.Problem], severity: str | None = None) -> check.Problem:
     if severity:
         found = [p for p in found if p.severity == severity]
@@ -147,10 +154,7 @@ def test_samplerate_mismatch(corpus_copy, capsys):
     path = corpus_copy / TRACK / "other.wav"
     x = audio.read(path)  # (2, n) float32 at 44.1 kHz
     sf.write(str(path), audio.resample(x, 44100, 22050).T, 22050, subtype="PCM_16")
-    p = only(problems(corpus_copy))
-    assert (p.severity, p.where) == ("error", f"{TRACK}/other.wav")
-    assert p.what == "sample rate 22050 Hz but mixture is 44100 Hz"
-    assert run_check(corpus_copy, capsys)[0] == 1
+    expect_only(corpus_copy, capsys, "error", f"{TRACK}/other.wav", "sample rate 22050 Hz but mixture is 44100 Hz", exit_code=1)
 
 
 def test_channel_mismatch(corpus_copy, capsys):
@@ -158,10 +162,7 @@ def test_channel_mismatch(corpus_copy, capsys):
     data, sr = read16(path)
     write16(path, np.stack([data[:, 0], data[:, 1], data[:, 0]], axis=1), sr)  # 3 channels
     assert sf.info(str(path)).channels == 3
-    p = only(problems(corpus_copy))
-    assert (p.severity, p.where) == ("error", f"{TRACK}/bass.wav")
-    assert p.what == "3 channel(s) but mixture has 2"
-    assert run_check(corpus_copy, capsys)[0] == 1
+    expect_only(corpus_copy, capsys, "error", f"{TRACK}/bass.wav", "3 channel(s) but mixture has 2", exit_code=1)
 
 
 def test_mono_stem_is_a_warning(corpus_copy, capsys):
@@ -173,20 +174,14 @@ def test_mono_stem_is_a_warning(corpus_copy, capsys):
     mono = bass[:, 0]
     write16(track / "bass.wav", mono, sr)
     write16(track / "mixture.wav", (mix.astype(np.int32) - bass + mono[:, None]).astype(np.int16), sr)
-    p = only(problems(corpus_copy))
-    assert (p.severity, p.where) == ("warning", f"{TRACK}/bass.wav")
-    assert p.what == "mono but mixture has 2 channels"
-    assert run_check(corpus_copy, capsys)[0] == 0
+    expect_only(corpus_copy, capsys, "warning", f"{TRACK}/bass.wav", "mono but mixture has 2 channels", exit_code=0)
 
 
 def test_length_mismatch(corpus_copy, capsys):
     path = corpus_copy / TRACK / "kick.wav"
     data, sr = read16(path)
     write16(path, data[: len(data) - 4410], sr)
-    p = only(problems(corpus_copy))
-    assert (p.severity, p.where) == ("error", f"{TRACK}/kick.wav")
-    assert p.what == f"{6 * 44100 - 4410} samples but mixture has {6 * 44100} (-0.100 s)"
-    assert run_check(corpus_copy, capsys)[0] == 1
+    expect_only(corpus_copy, capsys, "error", f"{TRACK}/kick.wav", f"{6 * 44100 - 4410} samples but mixture has {6 * 44100} (-0.100 s)", exit_code=1)
 
 
 def test_nan_samples(corpus_copy, capsys):
@@ -194,10 +189,7 @@ def test_nan_samples(corpus_copy, capsys):
     data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     data[1000:1010] = np.nan  # 10 frames x 2 channels
     sf.write(str(path), data, sr, subtype="FLOAT")
-    p = only(problems(corpus_copy))
-    assert (p.severity, p.where) == ("error", f"{VALID}/vocals.wav")
-    assert p.what == "20 NaN/inf samples"
-    assert run_check(corpus_copy, capsys)[0] == 1
+    expect_only(corpus_copy, capsys, "error", f"{VALID}/vocals.wav", "20 NaN/inf samples", exit_code=1)
 
 
 def test_clipping(corpus_copy, capsys):
@@ -272,10 +264,7 @@ def test_tolerance_accepts_small_residual(corpus_copy):
 
 def test_same_mixture_in_train_and_valid(corpus_copy, capsys):
     shutil.copytree(corpus_copy / TRACK, corpus_copy / "valid" / "renamed-copy")
-    p = only(problems(corpus_copy))
-    assert (p.severity, p.where) == ("error", "valid/renamed-copy")
-    assert p.what == f"identical mixture to {TRACK}"
-    assert run_check(corpus_copy, capsys)[0] == 1
+    expect_only(corpus_copy, capsys, "error", "valid/renamed-copy", f"identical mixture to {TRACK}", exit_code=1)
 
 
 def test_same_track_name_in_train_and_valid(corpus_copy, capsys):
