@@ -5,7 +5,9 @@ Why a plateau: an undertrained base gains from *any* further training, so an ada
 over it would prove nothing. The base trains fully (no LoRA) on the ``generic`` preset (a
 domain different from the tech-house target) until validation nSDR has not improved by
 ``--min-delta`` dB for ``--patience`` epochs; the best epoch is kept. If ``--max-minutes``
-runs out first, the card says so.
+runs out first, the card says so. ``--resume`` continues an earlier run from its best weights
+(typically at a lower ``--lr``, the usual step-down once a constant rate stops paying), keeping
+one curve and one plateau count across both stages.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-minutes", type=float, default=105.0)
     p.add_argument("--work", type=Path, default=Path("runs/base"))
     p.add_argument("--out", type=Path, default=htdemucs.EMBEDDED)
+    p.add_argument("--resume", action="store_true",
+                   help="continue --work's run from its best weights and curve (use a new --seed and a lower --lr)")
     p.add_argument("--finalize", action="store_true",
                    help="write the asset and card from --work's best checkpoint and curve of an interrupted run")
     args = p.parse_args(argv)
@@ -85,21 +89,29 @@ def main(argv: list[str]) -> int:
         return finalize(args, train_argv, root, curve, why, minutes)
     cfg = base_config(root, args)
     args.work.mkdir(parents=True, exist_ok=True)
-    curve: list[dict] = []
-    best = {"sdr": -float("inf"), "epoch": 0}
-    started = time.time()
+    curve, best, offset = resume_state(args) if args.resume else ([], {"sdr": -float("inf"), "epoch": 0}, {})
+    started = time.time() - 60 * offset.get("minutes", 0.0)
     stop_reason = {"why": "plateau"}
+
+    def load_best(setup) -> None:
+        if args.resume:
+            setup.model.load_state_dict(load_file(str(best_path)))
 
     def report(metrics: dict, folder: Path) -> bool:
         minutes = (time.time() - started) / 60
+        metrics = {**metrics, "epoch": metrics["epoch"] + offset.get("epoch", 0),
+                   "step": metrics["step"] + offset.get("step", 0)}
         curve.append({"epoch": metrics["epoch"], "step": metrics["step"], "minutes": round(minutes, 2),
-                      "train_loss": round(metrics["train/loss"], 5), "valid_sdr": round(metrics["valid/sdr"], 3)})
-        improved = metrics["valid/sdr"] > best["sdr"] + args.min_delta
+                      "lr": args.lr, "train_loss": round(metrics["train/loss"], 5),
+                      "valid_sdr": round(metrics["valid/sdr"], 3)})
+        # Keras' min_delta rule: the bar moves only on a counted improvement, so a steady creep
+        # of less than min_delta per epoch still counts once it adds up to min_delta
+        improved = metrics["valid/sdr"] > best.get("bar", -float("inf")) + args.min_delta
         if metrics["valid/sdr"] > best["sdr"]:
             shutil.copy(folder / checkpoint.MODEL, best_path)
             best.update(sdr=metrics["valid/sdr"], epoch=metrics["epoch"], step=metrics["step"])
         if improved:
-            best["improved_epoch"] = metrics["epoch"]
+            best.update(improved_epoch=metrics["epoch"], bar=metrics["valid/sdr"])
         print(f"epoch {metrics['epoch']:4d} step {metrics['step']:6d} {minutes:6.1f} min  "
               f"train/loss {metrics['train/loss']:.4f}  valid/sdr {metrics['valid/sdr']:.3f} dB  "
               f"(best {best['sdr']:.3f} @ {best['epoch']})", flush=True)
@@ -111,8 +123,33 @@ def main(argv: list[str]) -> int:
             return True
         return False
 
-    loop.train(cfg, report)
+    loop.train(cfg, report, on_setup=load_best)
     return finalize(args, train_argv, root, curve, stop_reason["why"], (time.time() - started) / 60)
+
+
+def resume_state(args) -> tuple[list[dict], dict, dict]:
+    """The curve, best epoch and epoch/step/minute offsets of the run in ``--work``."""
+    best_path, curve_path = args.work / "best.safetensors", args.work / "curve.json"
+    if not best_path.is_file() or not curve_path.is_file():
+        raise RankhouseError(f"{args.work}: no best.safetensors/curve.json of a base run to resume")
+    curve = json.loads(curve_path.read_text())
+    if not curve:
+        raise RankhouseError(f"{curve_path}: empty curve; start a fresh run without --resume")
+    # curves written before the lr column: the card of the asset built from them has the rate
+    old_lr = json.loads(CARD_JSON.read_text())["training"].get("lr") if CARD_JSON.is_file() else None
+    for c in curve:
+        c.setdefault("lr", old_lr)
+    top = max(curve, key=lambda c: c["valid_sdr"])
+    improved, bar = top["epoch"], -float("inf")  # replay the plateau rule of ``report`` over the curve
+    for c in curve:
+        if c["valid_sdr"] > bar + args.min_delta:
+            improved, bar = c["epoch"], c["valid_sdr"]
+    best = {"sdr": top["valid_sdr"], "epoch": top["epoch"], "step": top["step"], "improved_epoch": improved,
+            "bar": bar}
+    last = curve[-1]
+    print(f"resuming {args.work}: {len(curve)} epochs, best {top['valid_sdr']:.3f} dB @ {top['epoch']}; "
+          f"training from the best weights at lr {args.lr:g}", flush=True)
+    return curve, best, {"epoch": last["epoch"], "step": last["step"], "minutes": last["minutes"]}
 
 
 def finalize(args, train_argv: list[str], root: Path, curve: list[dict], stopped_by: str, minutes: float) -> int:
@@ -132,7 +169,7 @@ def finalize(args, train_argv: list[str], root: Path, curve: list[dict], stopped
                          "parameters": sum(p.numel() for p in model.parameters())},
         "data": {"preset": "generic", "songs": args.songs, "seconds": args.seconds, "seed": args.data_seed,
                  "sources": FOUR_STEMS},
-        "training": {"optimizer": "AdamW", "lr": args.lr, "batch_size": args.batch_size, "segment_s": 3.0,
+        "training": {"optimizer": "AdamW", "lr_stages": lr_stages(curve), "batch_size": args.batch_size, "segment_s": 3.0,
                      "steps_per_epoch": args.steps_per_epoch, "seed": args.seed, "augment": "demucs-style",
                      "valid_seconds": args.valid_seconds,
                      "best_epoch": best["epoch"], "best_step": best["step"], "epochs_run": len(curve),
@@ -140,7 +177,7 @@ def finalize(args, train_argv: list[str], root: Path, curve: list[dict], stopped
                      "min_delta_db": args.min_delta, "minutes": round(minutes, 1)},
         "valid_curve": curve,
         "nsdr": {"generic_valid": generic, "techhouse_valid": techhouse},
-        "command": " ".join(["python -m platform.base", *train_argv]),
+        "commands": commands(args, train_argv),
     }
     if args.out == htdemucs.EMBEDDED:
         CARD_JSON.write_text(json.dumps(card, indent=1))
@@ -149,10 +186,31 @@ def finalize(args, train_argv: list[str], root: Path, curve: list[dict], stopped
     return 0
 
 
+def lr_stages(curve: list[dict]) -> list[dict]:
+    """Consecutive epochs trained at one learning rate: ``[{"lr", "first_epoch", "last_epoch"}]``."""
+    stages: list[dict] = []
+    for c in curve:
+        if stages and stages[-1]["lr"] == c.get("lr"):
+            stages[-1]["last_epoch"] = c["epoch"]
+        else:
+            stages.append({"lr": c.get("lr"), "first_epoch": c["epoch"], "last_epoch": c["epoch"]})
+    return stages
+
+
+def commands(args, train_argv: list[str]) -> list[str]:
+    """The commands that rebuild the asset: a resumed run keeps the earlier stages' commands."""
+    this = " ".join(["python -m platform.base", *train_argv])
+    if not args.resume or not CARD_JSON.is_file():
+        return [this]
+    old = json.loads(CARD_JSON.read_text())
+    return [*old.get("commands", [old["command"]] if "command" in old else []), this]
+
+
 def model_card_markdown(card: dict) -> str:
     t, g, th = card["training"], card["nsdr"]["generic_valid"], card["nsdr"]["techhouse_valid"]
     rows = "\n".join(f"| {c['epoch']} | {c['step']} | {c['minutes']} | {c['train_loss']} | {c['valid_sdr']} |"
                      for c in card["valid_curve"])
+    stages = "; ".join(f"lr {s['lr']:g} for epochs {s['first_epoch']}-{s['last_epoch']}" for s in t["lr_stages"])
     per = lambda m: ", ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in m.items() if k.startswith("valid/sdr/"))
     return f"""# Embedded base: small 4-stem HT-Demucs
 
@@ -161,12 +219,12 @@ def model_card_markdown(card: dict) -> str:
   {card['architecture']['parameters']} parameters, kwargs `{json.dumps(card['architecture']['kwargs'])}`
 - data: rendered `{card['data']['preset']}` preset, {card['data']['songs']} songs x {card['data']['seconds']} s,
   seed {card['data']['seed']}; drums = kick + hihat
-- training: full training, AdamW lr {t['lr']}, batch {t['batch_size']} x {t['segment_s']} s, seed {t['seed']},
+- training: full training, AdamW {stages}, batch {t['batch_size']} x {t['segment_s']} s, seed {t['seed']},
   {t['epochs_run']} epochs of {t['steps_per_epoch']} steps in {t['minutes']} min; best epoch {t['best_epoch']};
   stopped by: {t['stopped_by']} (no gain > {t['min_delta_db']} dB for {t['patience_epochs']} epochs)
 - whole-track valid nSDR: generic {g['valid/sdr']:.2f} dB ({per(g)});
   tech-house {th['valid/sdr']:.2f} dB ({per(th)})
-- rebuild: `{card['command']}` (or `make base`)
+- rebuild: {" then ".join(f"`{c}`" for c in card["commands"])}
 
 ## Validation curve (nSDR on the generic valid tracks' first {t['valid_seconds']:g} s)
 
