@@ -15,7 +15,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from platform import spaces
+from platform import report, spaces
 from platform.cli import run
 from platform.preflight import prepare
 from trainables import tracking
@@ -40,6 +40,15 @@ def tracking_uri(study: spaces.Study, out: Path) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
     return uri
+
+
+def optuna_storage_url(out: Path) -> str:
+    return f"sqlite:///{out / 'optuna.db'}"
+
+
+def optuna_study_name(study: spaces.Study, parent_id: str) -> str:
+    """One Optuna study per MLflow parent run: a new search never learns from an old one."""
+    return f"{study.name}-{parent_id}"
 
 
 def start_parent(uri: str, study: spaces.Study, prepared, out: Path) -> tuple[str, str, str]:
@@ -123,9 +132,8 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
     searcher = OptunaSearch(
         space=spaces.DefineByRun(study.params), metric=metric, mode=mode,
         sampler=optuna.samplers.TPESampler(seed=s["seed"], multivariate=True),
-        # one Optuna study per MLflow parent run: a new search never learns from an old one
-        study_name=f"{study.name}-{parent_id}",
-        storage=optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}"),
+        study_name=optuna_study_name(study, parent_id),
+        storage=optuna.storages.RDBStorage(optuna_storage_url(out)),
     )
     sch = s["scheduler"]
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg["train"]["epochs"],
@@ -259,6 +267,10 @@ def main(argv: list[str]) -> int:
         raise
     close_child_runs(study, results, uri, exp_id, parent_id)
     summary = summarize(study, results, prepared, uri, experiment, exp_id, parent_id)
+    # plots never fail a search: one that cannot be made is a printed note and a parent-run tag
+    plots = report.study_plots(summary, uri, parent_id, optuna_storage_url(out), optuna_study_name(study, parent_id),
+                               out / "plots")
+    summary["plots"] = {k: str(v) if isinstance(v, Path) else f"skipped: {v}" for k, v in plots.items()}
     if summary["best"]:
         mlflow.set_tag(parent_id, "rankhouse.best_run", summary["best"]["run_id"])
         mlflow.log_metric(parent_id, tracking.key(f"best/{metric}"), summary["best"]["best"])
@@ -273,6 +285,9 @@ def main(argv: list[str]) -> int:
         if gains:
             print("best vs base, per source (dB, the trial's last epoch): "
                   + ", ".join(f"{k} {v:+.2f}" for k, v in gains.items()))
+    made = [p for p in plots.values() if isinstance(p, Path)]
+    if made:
+        print(f"plots: {', '.join(p.name for p in made)} in {made[0].parent} (parent run artifacts: plots/)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=1, default=str))

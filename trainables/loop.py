@@ -76,6 +76,10 @@ class Setup:
     base: Base
     sources: dict[str, list[str]]
     family: Family
+    # filled in by ``train`` once the data is open, for reporters that need more than metrics
+    # (a trial's audio preview separates an excerpt of the validation split with ``model``)
+    valid: stem_cache.StemCache | None = None
+    segment: float | None = None  # seconds per training segment and per inference chunk
 
 
 def base_model(cfg: dict) -> Setup:
@@ -143,6 +147,7 @@ def train(cfg: dict, report: Report, resume_from: Path | None = None, device: to
     model = setup.model.to(device)
     samplerate, segment = setup.base.samplerate, float(cfg["data"].get("segment", setup.base.segment))
     train_cache, valid_cache = open_caches(cfg, setup.sources, samplerate)
+    setup.valid, setup.segment = valid_cache, segment
     # each data-parallel rank draws its own batches
     sampler = SegmentSampler(train_cache, setup.sources, int(segment * samplerate), seed + rank,
                              Augment() if t.get("augment", True) else Augment.off())

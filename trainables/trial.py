@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from trainables import checkpoint, loop, tracking
+from trainables import checkpoint, loop, previews, tracking
 
 
 def merge(config: dict, sampled: dict, paths: dict[str, list[str]]) -> dict:
@@ -118,6 +118,26 @@ def worker_main(config: dict) -> None:
               ctx.get_world_rank(), ray.train.torch.get_device(), prepare)
 
 
+def log_preview(mlflow, run_id: str, setup: loop.Setup | None, metrics: dict, device: torch.device,
+                seconds: float = 6.0) -> None:
+    """Log the best epoch's audio excerpt and nSDR chart under ``preview/`` (replacing an earlier
+    epoch's). Listening material is a nicety: if it fails, the run gets a warning tag and the
+    trial goes on."""
+    try:
+        if setup is None or setup.valid is None:
+            raise RuntimeError("the loop reported before its setup and validation data were known")
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            previews.write_excerpt(setup.model, setup.valid, setup.sources, setup.base.samplerate, setup.segment,
+                                   device, folder, seconds=seconds)
+            previews.sdr_bar_chart(metrics, folder / previews.CHART)
+            mlflow.log_artifacts(run_id, tmp, previews.ARTIFACT_PATH)
+        mlflow.set_tag(run_id, "rankhouse.preview_epoch", str(metrics["epoch"]))
+    except Exception as exc:  # any failure here must not cost the trial
+        mlflow.set_tag(run_id, "rankhouse.preview_warning",
+                       f"epoch {metrics.get('epoch')}: {type(exc).__name__}: {' '.join(str(exc).split())}"[:4000])
+
+
 def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: int, device: torch.device,
               prepare: Callable | None = None) -> None:
     """The loop with Ray reporting and (rank 0 only) MLflow logging and checkpoints, for either executor."""
@@ -128,6 +148,7 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
     # a resumed trial keeps comparing against the best epoch it logged before
     logged = list(tracking.epochs(mlflow, run_id, metric).values()) if rank0 else []
     best = {"value": (max if mode == "max" else min)(logged) if logged else None}
+    setups: list[loop.Setup] = []  # kept by ``describe``: the preview needs the model and the valid split
 
     def report(metrics: dict, folder: Path) -> None:
         if rank0:
@@ -139,12 +160,14 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
                 best["value"] = value
                 mlflow.log_artifacts(run_id, str(folder / checkpoint.ADAPTER), "adapter")
                 mlflow.set_tag(run_id, "rankhouse.best_epoch", str(metrics["epoch"]))
+                log_preview(mlflow, run_id, setups[-1] if setups else None, metrics, device)
         ray_report(metrics, checkpoint=checkpoint_cls.from_directory(str(folder)) if rank0 else None)
 
     def describe(setup: loop.Setup) -> None:
+        setups.append(setup)
         if not rank0:
             return
-        from trainables import lora
+        from trainables import bundle, lora
 
         info = {"trainable_params": lora.trainable_parameters(setup.model), "base.name": setup.base.identity["name"],
                 "base.sha256": setup.base.identity["sha256"], "modules_to_save": ",".join(setup.modules_to_save),
@@ -153,6 +176,9 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "ranks.json").write_text(json.dumps(setup.ranks, indent=1))
             mlflow.log_artifact(run_id, str(Path(tmp) / "ranks.json"))
+            # the adapter artifact is a bundle: the adapter (logged at the best epoch) and what it needs
+            (Path(tmp) / bundle.MANIFEST).write_text(json.dumps(bundle.manifest(cfg, setup), indent=1))
+            mlflow.log_artifact(run_id, str(Path(tmp) / bundle.MANIFEST), checkpoint.ADAPTER)
 
     if resume is None:
         loop.train(cfg, report, device=device, prepare_model=prepare, on_setup=describe, rank=rank)

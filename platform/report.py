@@ -1,0 +1,216 @@
+"""Study plots for the MLflow parent run: what the search did, at a glance.
+
+After a search the parent run gets three PNGs under ``plots/`` (also kept in a local folder):
+
+- ``optimization_history.png``: each trial's objective (its best epoch) in completion order,
+  with the running best, so one sees whether the search was still improving when it stopped;
+- ``sdr_vs_trainable_params.png``: the objective against the adapter's trainable parameters
+  (the child runs' ``trainable_params`` param): what a larger rank bought;
+- ``param_importances.png``: Optuna's parameter importances over the study's completed trials.
+
+A plot that cannot be made (too few trials, nothing logged) is skipped with a one-line note and
+a ``rankhouse.plot_skipped.<name>`` tag on the parent run: plots never fail a search.
+Driver-only (control plane).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import warnings
+from pathlib import Path
+
+from trainables import tracking
+
+ARTIFACT_PATH = "plots"
+HISTORY = "optimization_history"
+PARAMS = "sdr_vs_trainable_params"
+IMPORTANCES = "param_importances"
+SKIP_TAG = "rankhouse.plot_skipped."
+STATUS_STYLE = {"FINISHED": ("o", "#4c72b0"), "STOPPED": ("v", "#dd8452"), "FAILED": ("x", "#c44e52")}
+
+
+class Skip(Exception):
+    """A plot that cannot be made from this study; the message says why."""
+
+
+def study_plots(summary: dict, uri: str, parent_id: str, optuna_storage_url: str, optuna_study_name: str,
+                folder: Path) -> dict[str, Path | str]:
+    """Make the study's plots in ``folder`` and log them under ``plots/`` of the parent run.
+
+    Returns ``{name: png path}`` for a plot made and logged, ``{name: reason}`` (a str) for one
+    skipped. Never raises for a plot: a search that finished is not failed by its report."""
+    mlflow = tracking.client(uri)
+    folder = Path(folder)
+    runs = functools.cache(lambda: child_runs(mlflow, parent_id))  # one query, and only if a plot needs it
+    makers = {
+        HISTORY: lambda path: history_plot(summary, runs(), path),
+        PARAMS: lambda path: params_plot(summary, runs(), path),
+        IMPORTANCES: lambda path: importances_plot(optuna_storage_url, optuna_study_name, path),
+    }
+    out: dict[str, Path | str] = {}
+    for name, make in makers.items():
+        path = folder / f"{name}.png"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            make(path)
+            mlflow.log_artifact(parent_id, str(path), ARTIFACT_PATH)
+            out[name] = path
+        except Exception as exc:  # a Skip, or whatever plotting or the store raised
+            reason = str(exc) if isinstance(exc, Skip) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            out[name] = reason[:500]
+            print(f"note: plot {name} skipped: {out[name]}")
+            with contextlib.suppress(Exception):  # an unreachable store has failed the logging above already
+                mlflow.set_tag(parent_id, SKIP_TAG + name, out[name])
+    return out
+
+
+def child_runs(mlflow, parent_id: str) -> dict:
+    """The parent's child runs by run id (end times and params live there, not in the summary)."""
+    exp_id = mlflow.get_run(parent_id).info.experiment_id
+    return {r.info.run_id: r for r in tracking.children(mlflow, exp_id, parent_id)}
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _figure(width: float = 6.4, height: float = 3.8):
+    # a Figure without pyplot renders with Agg and leaves the process' backend alone
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _base_line(ax, summary: dict) -> None:
+    base = summary.get("base", {}).get("metrics", {}).get(summary["objective"]["metric"])
+    if _finite(base):
+        ax.axhline(base, color="0.4", linestyle=":", linewidth=1, label=f"base {base:.2f}")
+
+
+def history(summary: dict, runs: dict) -> tuple[list[dict], list[float]]:
+    """The summary's trials with an objective, in completion order (their MLflow runs' end times;
+    the summary itself is sorted by objective), and the running best after each."""
+    def finished_at(t: dict) -> float:
+        info = getattr(runs.get(t["run_id"]), "info", None)
+        return float((info.end_time or info.start_time or math.inf) if info else math.inf)
+
+    done = sorted((t for t in summary["trials"] if _finite(t.get("best"))), key=finished_at)
+    pick = max if summary["objective"]["mode"] == "max" else min
+    running: list[float] = []
+    for t in done:
+        running.append(pick(running[-1], t["best"]) if running else t["best"])
+    return done, running
+
+
+def history_plot(summary: dict, runs: dict, path: Path) -> Path:
+    """Objective per trial in completion order and the running best."""
+    from matplotlib.ticker import MaxNLocator
+
+    metric = summary["objective"]["metric"]
+    done, running = history(summary, runs)
+    if not done:
+        raise Skip(f"no trial reported {metric}")
+    order = list(range(1, len(done) + 1))
+    fig = _figure()
+    ax = fig.add_subplot()
+    for status in sorted({t["status"] for t in done}):
+        marker, color = STATUS_STYLE.get(status, ("s", "0.5"))
+        xs = [i for i, t in zip(order, done) if t["status"] == status]
+        ax.scatter(xs, [t["best"] for t in done if t["status"] == status], marker=marker, color=color,
+                   label=status.lower(), zorder=3)
+    ax.step(order, running, where="post", color="black", linewidth=1.2, label="running best")
+    _base_line(ax, summary)
+    ax.set_xlabel("trial (completion order)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"{metric} (best epoch)")
+    ax.set_title(f"{summary['study']}: optimisation history ({len(done)} trials)", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    fig.savefig(path, format="png")
+    return path
+
+
+def params_plot(summary: dict, runs: dict, path: Path) -> Path:
+    """Objective against trainable parameters (log scale), the best trial starred."""
+    metric = summary["objective"]["metric"]
+    points = []
+    for t in summary["trials"]:
+        run = runs.get(t["run_id"])
+        params = run.data.params if run is not None else {}
+        with contextlib.suppress(KeyError, ValueError):
+            if _finite(t.get("best")):
+                points.append((int(params["trainable_params"]), t["best"], t))
+    if not points:
+        raise Skip(f"no trial logged both trainable_params and {metric}")
+    fig = _figure()
+    ax = fig.add_subplot()
+    for status in sorted({p[2]["status"] for p in points}):
+        marker, color = STATUS_STYLE.get(status, ("s", "0.5"))
+        ax.scatter([p[0] for p in points if p[2]["status"] == status],
+                   [p[1] for p in points if p[2]["status"] == status], marker=marker, color=color,
+                   label=status.lower(), zorder=3)
+    best = (summary.get("best") or {}).get("run_id")
+    for n, value, t in points:
+        if t["run_id"] == best:
+            ax.scatter([n], [value], marker="*", s=220, facecolor="none", edgecolor="black", zorder=4, label="best")
+    counts = [p[0] for p in points]
+    if min(counts) > 0 and max(counts) / min(counts) > 10:  # ranks double: a log axis spaces them evenly
+        ax.set_xscale("log")
+    _base_line(ax, summary)
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel(f"{metric} (best epoch)")
+    ax.set_title(f"{summary['study']}: {metric} vs adapter size", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    fig.savefig(path, format="png")
+    return path
+
+
+def importances(optuna_storage_url: str, optuna_study_name: str) -> tuple[dict[str, float], list[str], int]:
+    """(importances, searched parameters not assessed, completed trials) of the Optuna study.
+
+    PED-ANOVA explicitly (Optuna 5's default): it scores conditional (define-by-run) parameters
+    on the trials that have them, where fANOVA and MDI drop any parameter missing from a single
+    trial. Whatever an evaluator leaves out is returned, so the plot can say so."""
+    import optuna
+    from optuna.importance import PedAnovaImportanceEvaluator
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=optuna_study_name, storage=optuna_storage_url)
+    except KeyError:
+        raise Skip(f"no Optuna study {optuna_study_name!r} in {optuna_storage_url}") from None
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.values and all(_finite(v) for v in t.values)]
+    if len(complete) < 2:
+        raise Skip(f"parameter importances need at least 2 completed Optuna trials, the study has {len(complete)}")
+    searched = sorted({name for t in complete for name in t.distributions})
+    if not searched:
+        raise Skip("the study searched no parameters")
+    with warnings.catch_warnings():
+        # "few trials in a regime" and the like: a small study's importances are rough, the title says how many
+        warnings.simplefilter("ignore")
+        scores = optuna.importance.get_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
+    if not scores:
+        raise Skip(f"Optuna assessed none of {', '.join(searched)} (each is missing from some trial)")
+    return scores, [p for p in searched if p not in scores], len(complete)
+
+
+def importances_plot(optuna_storage_url: str, optuna_study_name: str, path: Path) -> Path:
+    scores, left_out, trials = importances(optuna_storage_url, optuna_study_name)
+    names = list(scores)[::-1]  # most important on top
+    fig = _figure(6.4, 1.4 + 0.35 * len(names))
+    ax = fig.add_subplot()
+    bars = ax.barh([n if len(n) <= 40 else n[:18] + "…" + n[-21:] for n in names], [scores[n] for n in names],
+                   color="#4c72b0")
+    for bar, n in zip(bars, names):
+        ax.annotate(f"{scores[n]:.2f}", (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center",
+                    xytext=(3, 0), textcoords="offset points", fontsize=8)
+    ax.set_xlim(0, max(1e-9, max(scores.values())) * 1.2)
+    ax.set_xlabel("importance (PED-ANOVA, normalised)")
+    ax.set_title(f"parameter importances over {trials} completed trials", fontsize=10)
+    if left_out:
+        fig.supxlabel(f"not assessed: {', '.join(left_out)}", fontsize=7)
+    fig.savefig(path, format="png")
+    return path
