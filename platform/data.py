@@ -22,12 +22,12 @@ from trainables.errors import RankhouseError
 class Progress:
     """A tqdm bar driven by ``callback(done, total)`` calls (on stderr)."""
 
-    def __init__(self, desc: str):
-        self.desc, self.bar = desc, None
+    def __init__(self, desc: str, unit: str = "track"):
+        self.desc, self.unit, self.bar = desc, unit, None
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.desc, unit="track", file=sys.stderr, mininterval=0.5)
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr, mininterval=0.5)
         self.bar.update(done - self.bar.n)
         if done == total:
             self.bar.close()

@@ -58,7 +58,15 @@ DEFAULTS: dict[str, Any] = {
     "resources": {"workers_per_trial": 1, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0, "max_failures": 0,
                   "executor": "auto"},
     "tracking": {"uri": Optional_(str), "experiment": Optional_(str), "output": Optional_(str)},
-    "registry": {"model_name": Optional_(str)},
+    "registry": {
+        "model_name": Optional_(str),
+        "min_gain": 0.0,  # dB of holdout SDR a candidate must gain over the champion
+        # tracks no trial trained or was selected on; root null: the study's own data (its valid
+        # split, which the search selected on: biased, so promote warns)
+        "holdout": {"root": Optional_(str), "split": "valid", "max_seconds": 10.0,
+                    "embedded": {"preset": "techhouse", "songs": 4, "seconds": 12.0, "seed": 1000,
+                                 "valid": Optional_(int)}},
+    },
 }
 # what a value must satisfy beyond its type, checked for fixed values and for every value a
 # search can sample, so no trial fails on something the file could have said
@@ -80,6 +88,7 @@ RULES: dict[tuple[str, ...], tuple[Callable[[Any], bool], str]] = {
                              "a stem name or a list of stem names"),
     ("data", "segment"): (lambda v: v > 0, "seconds > 0"),
     ("data", "tolerance_db"): (lambda v: v > 0, "dB > 0"),
+    ("registry", "min_gain"): (lambda v: v >= 0, "dB >= 0"),
     ("train", "valid_max_seconds"): (lambda v: v is None or v > 0, "null or seconds > 0"),
     ("train", "epochs"): (lambda v: v >= 1, "an integer >= 1"),
     ("train", "steps_per_epoch"): (lambda v: v >= 1, "an integer >= 1"),

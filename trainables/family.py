@@ -44,6 +44,11 @@ class Family(ABC):
             raise RankhouseError(f"model.sources: {self.name} cannot change its sources")
         return base.model, []
 
+    def save_model(self, model: nn.Module, path, base: Base) -> str:
+        """Write a whole model (e.g. an adapter merged into its base) as a safetensors checkpoint
+        that ``build_base`` accepts as a base; returns its sha256."""
+        raise RankhouseError(f"{self.name}: exporting a merged model is not supported for this family")
+
     def loss(self, model: nn.Module, mix: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """L1 on waveforms, as Demucs and MSST train."""
         return (model(mix) - targets).abs().mean()

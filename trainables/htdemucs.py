@@ -156,6 +156,9 @@ class HTDemucsFamily(Family):
                     segment=float(model.segment), identity={"name": base, "sha256": sha256(path)},
                     config={"kwargs": kwargs})
 
+    def save_model(self, model: nn.Module, path, base: Base) -> str:
+        return save_checkpoint(model, Path(path), base.config["kwargs"])
+
     @staticmethod
     def heads(model: nn.Module) -> list[str]:
         return [f"decoder.{len(model.decoder) - 1}.conv_tr", f"tdecoder.{len(model.tdecoder) - 1}.conv_tr"]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
 
 @torch.no_grad()
 def separate(model: nn.Module, mix: torch.Tensor, segment: int, overlap: float = 0.25,
-             batch_size: int = 4) -> torch.Tensor:
+             batch_size: int = 4, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """``mix`` (C, T) -> estimates (S, C, T). Chunks of ``segment`` samples overlap by ``overlap``
     and are cross-faded with a triangular window, as Demucs' ``apply_model`` does."""
     channels, length = mix.shape
@@ -32,4 +34,6 @@ def separate(model: nn.Module, mix: torch.Tensor, segment: int, overlap: float =
             n = min(segment, length - s)
             out[..., s:s + n] += e[..., :n] * window[:n]
             weight[s:s + n] += window[:n]
+        if progress:
+            progress(min(i + batch_size, len(starts)), len(starts))
     return out / weight.clamp_min(1e-8)

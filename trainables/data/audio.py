@@ -38,13 +38,18 @@ def _read_fallback(path: Path) -> tuple[np.ndarray, int]:
     return np.atleast_2d(audio).astype(np.float32), int(sr)
 
 
-def read(path: Path, samplerate: int | None = None, channels: int | None = 2) -> np.ndarray:
-    """Decode ``path`` to float32 (channels, samples), resampled to ``samplerate`` if given."""
+def read_native(path: Path) -> tuple[np.ndarray, int]:
+    """Decode ``path`` as it is: float32 (channels, samples) and its sample rate."""
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-        audio = data.T
+        return data.T, int(sr)
     except Exception:
-        audio, sr = _read_fallback(path)
+        return _read_fallback(path)
+
+
+def read(path: Path, samplerate: int | None = None, channels: int | None = 2) -> np.ndarray:
+    """Decode ``path`` to float32 (channels, samples), resampled to ``samplerate`` if given."""
+    audio, sr = read_native(path)
     if channels is not None and audio.shape[0] != channels:
         if audio.shape[0] == 1:
             audio = np.repeat(audio, channels, axis=0)
