@@ -77,6 +77,8 @@ def test_parent_and_child_runs_with_sdr_per_epoch(search):
             assert len(mlflow.get_metric_history(run.info.run_id, f"valid/sdr/{source}")) == 2
         params = run.data.params
         assert int(params["trainable_params"]) > 0
+        # workers preload torch before Ray sets OMP_NUM_THREADS: the trial pins its own threads
+        assert params["torch_threads"] == "1"
         assert params["base.sha256"] == summary["base"]["identity"]["sha256"]
         assert any(k.startswith("rank.") for k in params)  # the resolved per-module rank map
 

@@ -29,6 +29,13 @@ import torch
 from trainables import checkpoint, loop, previews, tracking
 
 
+def pin_threads(resources: dict) -> None:
+    """As many torch threads as the trial holds CPUs, set explicitly: Ray's OMP_NUM_THREADS only
+    reaches torch if torch is imported after it is set, and concurrent trials with a thread per
+    core each fight over the cores (make demo ran 2x slower when that happened)."""
+    torch.set_num_threads(max(1, round(float(resources["cpus_per_worker"]))))
+
+
 def merge(config: dict, sampled: dict, paths: dict[str, list[str]]) -> dict:
     out = copy.deepcopy(config)
     for key, value in sampled.items():
@@ -71,6 +78,7 @@ def run_trial(sampled: dict, study: dict) -> None:
     loop_config = {"cfg": cfg, "uri": t["uri"], "run_id": run_id}
     try:
         if executor(cfg["resources"]) == "direct":
+            pin_threads(cfg["resources"])
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
             _run_loop(loop_config, ray.tune.report, ray.tune.get_checkpoint(), ray.tune.Checkpoint, 0, device)
         else:
@@ -112,6 +120,7 @@ def worker_main(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    pin_threads(config["cfg"]["resources"])
     ctx = ray.train.get_context()
     prepare = ray.train.torch.prepare_model if ctx.get_world_size() > 1 else None
     _run_loop(config, ray.train.report, ray.train.get_checkpoint(), ray.train.Checkpoint,
@@ -171,7 +180,8 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
 
         info = {"trainable_params": lora.trainable_parameters(setup.model), "base.name": setup.base.identity["name"],
                 "base.sha256": setup.base.identity["sha256"], "modules_to_save": ",".join(setup.modules_to_save),
-                "lora.adapted_modules": len(setup.ranks)}
+                "lora.adapted_modules": len(setup.ranks),
+                "torch_threads": torch.get_num_threads()}
         tracking.log_params(mlflow, run_id, {**info, **{f"rank.{m}": r for m, r in setup.ranks.items()}})
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "ranks.json").write_text(json.dumps(setup.ranks, indent=1))
