@@ -46,7 +46,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-# torch first, pinned: on this machine's kind the CPU build comes from local disk. On a GPU
-# cluster install the CUDA build of the same version before this script (see README).
-.venv/bin/python -m pip install -q "torch==2.13.0"
+# torch first, pinned: on this machine's kind the CPU build comes from local disk.
+# TORCH_INDEX_URL picks the build, e.g. https://download.pytorch.org/whl/cu128 (cluster.yaml does)
+.venv/bin/python -m pip install -q "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 .venv/bin/python -m pip install -q -e ".[test]"
