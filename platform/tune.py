@@ -74,14 +74,21 @@ def start_parent(uri: str, study: spaces.Study, prepared, out: Path) -> tuple[st
     return name, exp_id, pid
 
 
-def concurrency(study: spaces.Study, total_cpus: float, total_gpus: float) -> int:
+def concurrency(study: spaces.Study, total_cpus: float, total_gpus: float, autoscaling: bool = False) -> int:
     """Trials that fit side by side. With the ``train`` executor a trial's function holds a CPU
     sliver and its workers are placed later: more trials than fit would start, then wait on
-    each other's workers and time out instead of queueing. So the limit is computed here."""
+    each other's workers and time out instead of queueing. So the limit is computed here.
+
+    On a cluster (``RAY_ADDRESS``) the autoscaler may add GPU nodes that do not exist yet (node
+    types scale from 0), so there a request beyond today's resources is a note, not an error."""
     r = study.config["resources"]
     cpus = TRIAL_FUNCTION_CPU + r["workers_per_trial"] * r["cpus_per_worker"] if executor(r) == "train" \
         else r["cpus_per_worker"]
     gpus = r["workers_per_trial"] * r["gpus_per_worker"]
+    if (cpus > total_cpus or gpus > total_gpus) and autoscaling:
+        print(f"note: a trial needs {cpus:g} CPUs and {gpus:g} GPUs, the cluster has {total_cpus:g} and "
+              f"{total_gpus:g} now; trials wait for the autoscaler to add nodes")
+        return study.config["search"]["max_concurrent"]
     if cpus > total_cpus or gpus > total_gpus:
         raise RankhouseError(f"{study.file}: resources: a trial needs {cpus:g} CPUs and {gpus:g} GPUs but the "
                              f"cluster has {total_cpus:g} and {total_gpus:g}; lower resources.cpus_per_worker "
@@ -128,7 +135,8 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
     metric, mode = cfg["objective"]["metric"], cfg["objective"]["mode"]
     s = cfg["search"]
     resources = ray.cluster_resources()
-    limit = concurrency(study, resources.get("CPU", 0), resources.get("GPU", 0))
+    limit = concurrency(study, resources.get("CPU", 0), resources.get("GPU", 0),
+                        autoscaling=bool(os.environ.get("RAY_ADDRESS")))
     searcher = OptunaSearch(
         space=spaces.DefineByRun(study.params), metric=metric, mode=mode,
         sampler=optuna.samplers.TPESampler(seed=s["seed"], multivariate=True),
