@@ -1,0 +1,48 @@
+"""The embedded base's plateau rule (Keras' min_delta semantics) and resuming a base run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from platform import base
+from trainables.errors import RankhouseError
+
+
+def args_for(work, **kw):
+    return argparse.Namespace(work=work, min_delta=0.05, lr=2e-4, **kw)
+
+
+def write_run(work, sdrs):
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "best.safetensors").write_bytes(b"weights")
+    curve = [{"epoch": i + 1, "step": 50 * (i + 1), "minutes": 1.5 * (i + 1), "lr": 5e-4, "train_loss": 0.01,
+              "valid_sdr": v} for i, v in enumerate(sdrs)]
+    (work / "curve.json").write_text(json.dumps(curve))
+
+
+def test_a_slow_creep_still_counts_once_it_adds_up_to_min_delta(tmp_path):
+    # +0.03 dB per epoch: no single epoch beats the best by 0.05, every second one beats the bar
+    write_run(tmp_path, [6.0 + 0.03 * i for i in range(10)])
+    curve, best, offset = base.resume_state(args_for(tmp_path))
+    assert best["improved_epoch"] == 9 and best["bar"] == pytest.approx(6.24)
+    assert best["epoch"] == 10 and offset == {"epoch": 10, "step": 500, "minutes": 15.0}
+
+
+def test_noise_around_a_level_is_a_plateau(tmp_path):
+    write_run(tmp_path, [5.0, 6.0, 6.04, 5.98, 6.03, 6.01, 6.045, 5.99])
+    _, best, _ = base.resume_state(args_for(tmp_path))
+    assert best["improved_epoch"] == 2 and best["epoch"] == 7
+
+
+def test_resume_needs_an_earlier_run(tmp_path):
+    with pytest.raises(RankhouseError, match="no best.safetensors/curve.json"):
+        base.resume_state(args_for(tmp_path / "nothing"))
+
+
+def test_lr_stages_group_consecutive_epochs():
+    curve = [{"epoch": e, "lr": 5e-4 if e <= 2 else 2e-4} for e in range(1, 5)]
+    assert base.lr_stages(curve) == [{"lr": 5e-4, "first_epoch": 1, "last_epoch": 2},
+                                     {"lr": 2e-4, "first_epoch": 3, "last_epoch": 4}]
