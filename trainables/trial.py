@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -147,6 +148,15 @@ def log_preview(mlflow, run_id: str, setup: loop.Setup | None, metrics: dict, de
                        f"epoch {metrics.get('epoch')}: {type(exc).__name__}: {' '.join(str(exc).split())}"[:4000])
 
 
+def note_restart(mlflow, run_id: str, epoch: int) -> None:
+    """Tags of a retried trial. Its MLflow history then holds the epochs the lost attempt logged
+    after its last checkpoint, and the same epochs again from the retry: steps stay in order and
+    ``tracking.epochs`` keeps the retry's value of each."""
+    restarts = int(mlflow.get_run(run_id).data.tags.get("rankhouse.restarts", "0")) + 1
+    mlflow.set_tag(run_id, "rankhouse.restarts", str(restarts))
+    mlflow.set_tag(run_id, "rankhouse.resumed_from_epoch", str(epoch))
+
+
 def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: int, device: torch.device,
               prepare: Callable | None = None) -> None:
     """The loop with Ray reporting and (rank 0 only) MLflow logging and checkpoints, for either executor."""
@@ -183,6 +193,9 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
                 "lora.adapted_modules": len(setup.ranks),
                 "torch_threads": torch.get_num_threads()}
         tracking.log_params(mlflow, run_id, {**info, **{f"rank.{m}": r for m, r in setup.ranks.items()}})
+        # which process trains (a tag: a retried trial runs in another process); for operators
+        # and for the fault-tolerance test that kills it
+        mlflow.set_tag(run_id, "rankhouse.pid", str(os.getpid()))
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "ranks.json").write_text(json.dumps(setup.ranks, indent=1))
             mlflow.log_artifact(run_id, str(Path(tmp) / "ranks.json"))
@@ -191,8 +204,12 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
             mlflow.log_artifact(run_id, str(Path(tmp) / bundle.MANIFEST), checkpoint.ADAPTER)
 
     if resume is None:
+        if rank0 and logged:  # a retried trial whose first attempt died before any checkpoint
+            note_restart(mlflow, run_id, 0)
         loop.train(cfg, report, device=device, prepare_model=prepare, on_setup=describe, rank=rank)
         return
     with resume.as_directory() as folder:
+        if rank0:
+            note_restart(mlflow, run_id, json.loads((Path(folder) / checkpoint.STATE).read_text())["epoch"])
         loop.train(cfg, report, resume_from=Path(folder), device=device, prepare_model=prepare, on_setup=describe,
                    rank=rank)
