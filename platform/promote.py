@@ -33,7 +33,7 @@ from platform.cli import run
 from platform.corpus import embedded_corpus
 from platform.data import Progress
 from platform.preflight import resolve_data
-from platform.tune import output_dir, tracking_uri
+from platform.tune import latest_parent, output_dir, tracking_uri
 from trainables import bsseval, bundle, tracking
 from trainables.data import cache as stem_cache
 from trainables.data.layout import normalize_sources, stems_of
@@ -77,19 +77,6 @@ def promotion_lock(out: Path, name: str):
         yield
     finally:
         os.close(fd)
-
-
-def latest_parent(client, study: spaces.Study, uri: str) -> tuple[str, object]:
-    name = study.config["tracking"]["experiment"] or study.name
-    exp = client.get_experiment_by_name(name)
-    runs = [] if exp is None else client.search_runs(
-        [exp.experiment_id], filter_string=f"tags.`{tracking.STUDY_TAG}` = '{study.name}'",
-        order_by=["attributes.start_time DESC"], max_results=1000)
-    parents = [r for r in runs if tracking.PARENT_TAG not in r.data.tags]
-    if not parents:
-        raise RankhouseError(f"{study.file}: no search of study {study.name!r} in {uri}; "
-                             f"run python -m platform.tune {study.file} first")
-    return parents[0].info.experiment_id, parents[0]
 
 
 def best_value(client, run_id: str, metric: str, mode: str) -> float | None:

@@ -51,6 +51,102 @@ def optuna_study_name(study: spaces.Study, parent_id: str) -> str:
     return f"{study.name}-{parent_id}"
 
 
+def latest_parent(client, study: spaces.Study, uri: str) -> tuple[str, object]:
+    """(experiment id, run) of the study's most recent search."""
+    name = study.config["tracking"]["experiment"] or study.name
+    exp = client.get_experiment_by_name(name)
+    runs = [] if exp is None else client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`{tracking.STUDY_TAG}` = '{study.name}'",
+        order_by=["attributes.start_time DESC"], max_results=1000)
+    parents = [r for r in runs if tracking.PARENT_TAG not in r.data.tags]
+    if not parents:
+        raise RankhouseError(f"{study.file}: no search of study {study.name!r} in {uri}; "
+                             f"run python -m platform.tune {study.file} first")
+    return parents[0].info.experiment_id, parents[0]
+
+
+def resume_parent(uri: str, study: spaces.Study) -> tuple[str, str, str]:
+    """The parent run of the study's latest search, if it did not finish: reopened for --resume."""
+    mlflow = tracking.client(uri)
+    exp_id, parent = latest_parent(mlflow, study, uri)
+    if parent.info.status == "FINISHED":
+        raise RankhouseError(f"{study.file}: the latest search of {study.name!r} (parent run {parent.info.run_id}) "
+                             "finished; nothing to resume (run it again without --resume for a new search)")
+    pid = parent.info.run_id
+    resumes = int(parent.data.tags.get("rankhouse.resumes", "0")) + 1
+    mlflow.update_run(pid, status="RUNNING")
+    mlflow.set_tag(pid, "rankhouse.resumes", str(resumes))
+    return mlflow.get_experiment(exp_id).name, exp_id, pid
+
+
+SESSION_FILE = "ray-session.json"
+OWNER_VAR = "RANKHOUSE_RAY_OWNER"  # in the environment of every process a local Ray of ours starts
+
+
+def mark_ray_owner(out: Path) -> None:
+    """Before a local Ray starts: a token every process it starts inherits (Ray retitles its
+    processes, so their command lines cannot tell whose they are), kept in the study folder so
+    a --resume after a killed driver can stop exactly what that driver's Ray left running (its
+    dashboard and runtime-env agents outlive a SIGKILLed driver)."""
+    if os.environ.get("RAY_ADDRESS"):
+        return  # a cluster's Ray is not ours to stop
+    token = f"{out}:{os.getpid()}:{os.urandom(4).hex()}"
+    os.environ[OWNER_VAR] = token
+    (out / SESSION_FILE).write_text(json.dumps({"owner": token, "driver": os.getpid()}))
+
+
+def stop_stale_ray(out: Path) -> int:
+    """Stop the processes of the local Ray a killed driver of this study started; returns how many."""
+    import signal
+    import time
+
+    record = out / SESSION_FILE
+    if not record.is_file():
+        return 0
+    info = json.loads(record.read_text())
+    if _alive(info.get("driver")):
+        raise RankhouseError(f"{out}: the search's driver (pid {info['driver']}) is still running; "
+                             "stop it before --resume")
+    stale = owned_by(info["owner"])
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in stale:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        if sig == signal.SIGTERM and stale:
+            time.sleep(2)
+    record.unlink()
+    return len(stale)
+
+
+def owned_by(token: str) -> list[int]:
+    """Processes whose environment carries ``token``."""
+    mark = f"{OWNER_VAR}={token}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if mark in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def _alive(pid) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def start_parent(uri: str, study: spaces.Study, prepared, out: Path) -> tuple[str, str, str]:
     mlflow = tracking.client(uri)
     if uri.startswith("sqlite:///"):
@@ -120,7 +216,13 @@ def start_ray() -> None:
                              f"{' '.join(str(exc).split())[:300]}") from None
 
 
-def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, parent_id: str):
+def experiment_path(out: Path, study: spaces.Study, parent_id: str) -> Path:
+    """Ray Tune's folder of one search (one MLflow parent run): what ``--resume`` restores."""
+    return out / "ray" / f"{study.name}-{parent_id[:12]}"
+
+
+def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, parent_id: str,
+               resume: bool = False):
     import optuna
     import ray
     from ray import tune
@@ -130,6 +232,7 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
 
     from trainables.trial import run_trial
 
+    mark_ray_owner(out)
     start_ray()
     cfg = study.config
     metric, mode = cfg["objective"]["metric"], cfg["objective"]["mode"]
@@ -156,6 +259,15 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
     }
     trainable = tune.with_resources(tune.with_parameters(run_trial, study=payload),
                                     trial_resources(cfg["resources"], TRIAL_FUNCTION_CPU))
+    path = experiment_path(out, study, parent_id)
+    if resume:
+        if not tune.Tuner.can_restore(str(path)):
+            raise RankhouseError(f"{path}: no Ray Tune state to resume (the search died before its first trial); "
+                                 f"start it again without --resume")
+        # finished trials are kept, unfinished and errored ones continue from their checkpoints;
+        # the searcher (with its Optuna study in SQLite) and the scheduler come back from the state
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True).fit()
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -164,7 +276,7 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
         ),
         run_config=tune.RunConfig(
-            name=study.name, storage_path=str(out / "ray"), verbose=1,
+            name=path.name, storage_path=str(path.parent), verbose=1,
             # retried at one level only: here for the direct executor, by Ray Train for the train executor
             failure_config=tune.FailureConfig(
                 max_failures=cfg["resources"]["max_failures"] if executor(cfg["resources"]) == "direct" else 0),
@@ -254,14 +366,21 @@ def main(argv: list[str]) -> int:
     p.add_argument("space", type=Path, help="search-space YAML, e.g. search_spaces/techhouse.yaml")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. search.num_samples=4 train.epochs=2")
     p.add_argument("--json", type=Path, help="write the summary here")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the study's latest search after its driver died: finished trials are kept, "
+                        "unfinished ones resume from their checkpoints, in the same MLflow runs")
     args = p.parse_args(argv)
 
     study = spaces.load(args.space, args.overrides)
     out = output_dir(study)
     out.mkdir(parents=True, exist_ok=True)
-    prepared = prepare(study)
     uri = tracking_uri(study, out)
-    experiment, exp_id, parent_id = start_parent(uri, study, prepared, out)
+    if args.resume:
+        stopped = stop_stale_ray(out)
+        if stopped:
+            print(f"resume: stopped {stopped} process(es) of the Ray the killed driver had started")
+    prepared = prepare(study)
+    experiment, exp_id, parent_id = resume_parent(uri, study) if args.resume else start_parent(uri, study, prepared, out)
     metric = study.config["objective"]["metric"]
     print(f"tracking: {uri}\nexperiment: {experiment}\nparent run: {parent_id}\n"
           f"browse: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
@@ -269,7 +388,7 @@ def main(argv: list[str]) -> int:
           f"{metric} = {prepared.base_metrics.get(metric, float('nan')):.3f}")
     mlflow = tracking.client(uri)
     try:
-        results = run_search(study, prepared, out, uri, exp_id, parent_id)
+        results = run_search(study, prepared, out, uri, exp_id, parent_id, resume=args.resume)
     except BaseException:
         mlflow.set_terminated(parent_id, status="FAILED")
         raise

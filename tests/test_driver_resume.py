@@ -1,0 +1,88 @@
+"""``platform.tune --resume`` after the driver is SIGKILLed mid-search: the study continues in
+the same MLflow parent run, finished trials are not run again, the interrupted one resumes, no
+trial or Optuna trial is duplicated, and the Ray processes the dead driver left are stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(audio_channels=2, channels=16, depth=4, nfft=4096, samplerate=22050, segment=2, t_layers=2,
+            bottom_channels=0)
+TRIALS, EPOCHS = 3, 2
+
+
+@pytest.mark.slow
+def test_a_killed_driver_resumes_the_study(tmp_path):
+    from trainables import htdemucs, tracking
+
+    torch.manual_seed(0)
+    base = tmp_path / "tiny.safetensors"
+    htdemucs.save_checkpoint(htdemucs.new_model(htdemucs.EMBEDDED_SOURCES, TINY), base, TINY)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "platform.tune", "search_spaces/techhouse.yaml", f"model.base={base}",
+           f"search.num_samples={TRIALS}", "search.max_concurrent=1", "search.scheduler.type=fifo",
+           f"train.epochs={EPOCHS}", "train.steps_per_epoch=4", "train.batch_size=2", "data.segment=2.0",
+           "train.valid_max_seconds=4.0", "data.embedded.songs=4", "data.embedded.seconds=6.0",
+           "resources.cpus_per_worker=0.9", f"tracking.output={out}"]
+    env = {**os.environ, "RANKHOUSE_HOME": str(tmp_path / "home")}
+    log = tmp_path / "first.log"
+    with open(log, "w") as sink:
+        driver = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        first = None
+        deadline = time.time() + 900
+        while first is None and driver.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+            found = re.search(r"^parent run: (\w+)", log.read_text(), re.M)
+            if not found:
+                continue
+            mlflow = tracking.client(f"sqlite:///{out / 'mlflow.db'}")
+            parent = mlflow.get_run(found.group(1))
+            runs = list(tracking.children(mlflow, parent.info.experiment_id, parent.info.run_id))
+            done = [r for r in runs if r.info.status == "FINISHED"]
+            if done and len(runs) == 2:  # one trial finished, the second one is training
+                first = done[0]
+                os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=60)
+    assert first is not None, "the driver was not caught mid-search: " + log.read_text()[-2000:]
+    parent_id = found.group(1)
+    from platform.tune import SESSION_FILE, owned_by
+
+    owner = json.loads((out / SESSION_FILE).read_text())["owner"]
+    left = owned_by(owner)
+    assert left, "a SIGKILLed driver's local Ray leaves processes behind (its dashboard and runtime-env agents)"
+    assert mlflow.get_run(parent_id).info.status == "RUNNING"
+
+    summary = tmp_path / "summary.json"
+    proc = subprocess.run([*cmd, "--resume", "--json", str(summary)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(summary.read_text())
+    assert result["parent_run_id"] == parent_id and f"parent run: {parent_id}" in proc.stdout
+    assert mlflow.get_run(parent_id).info.status == "FINISHED"
+    assert mlflow.get_run(parent_id).data.tags["rankhouse.resumes"] == "1"
+    assert len(result["trials"]) == TRIALS and {t["status"] for t in result["trials"]} == {"FINISHED"}
+    assert len({t["trial_id"] for t in result["trials"]}) == TRIALS
+    for t in result["trials"]:
+        assert t["epochs"] == EPOCHS
+    # the trial that had finished was not trained again
+    again = mlflow.get_metric_history(first.info.run_id, "valid/sdr")
+    assert sorted(m.step for m in again) == list(range(1, EPOCHS + 1))
+    assert mlflow.get_run(first.info.run_id).info.end_time == first.info.end_time
+    # one Optuna trial per Tune trial, in the same study
+    import optuna
+
+    study = optuna.load_study(study_name=f"techhouse-{parent_id}", storage=f"sqlite:///{out / 'optuna.db'}")
+    assert len(study.trials) == TRIALS
+    assert not [pid for pid in left if Path(f"/proc/{pid}").exists()], "the dead driver's Ray was left running"
+    assert f"stopped {len(left)} process(es)" in proc.stdout
