@@ -84,15 +84,54 @@ OWNER_VAR = "RANKHOUSE_RAY_OWNER"  # in the environment of every process a local
 
 
 def mark_ray_owner(out: Path) -> None:
-    """Before a local Ray starts: a token every process it starts inherits (Ray retitles its
-    processes, so their command lines cannot tell whose they are), kept in the study folder so
-    a --resume after a killed driver can stop exactly what that driver's Ray left running (its
-    dashboard and runtime-env agents outlive a SIGKILLed driver)."""
+    """Before a local Ray starts: a token every process it starts inherits, kept in the study
+    folder so a --resume after a killed driver can stop exactly what that driver's Ray left
+    running. Ray retitles its processes (command lines cannot tell whose they are), and its
+    dashboard and runtime-env agents, which outlive a SIGKILLed driver, also overwrite their
+    environment: ``record_ray_processes`` notes those by pid and start time once Ray is up."""
     if os.environ.get("RAY_ADDRESS"):
         return  # a cluster's Ray is not ours to stop
     token = f"{out}:{os.getpid()}:{os.urandom(4).hex()}"
     os.environ[OWNER_VAR] = token
     (out / SESSION_FILE).write_text(json.dumps({"owner": token, "driver": os.getpid()}))
+
+
+def _start_time(pid: int) -> str | None:
+    try:  # field 22 of /proc/PID/stat, after the parenthesised command name
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError):
+        return None
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("PPid:"))
+        return int(line.split()[1])
+    except (OSError, StopIteration):
+        return None
+
+
+def record_ray_processes(out: Path) -> None:
+    """Once our local Ray is up: its processes and their children (the agents), by pid and start time."""
+    record = out / SESSION_FILE
+    if os.environ.get("RAY_ADDRESS") or not record.is_file():
+        return
+    info = json.loads(record.read_text())
+    owned = set(owned_by(info["owner"]))
+    children = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(int(p.name)) in owned}
+    info["processes"] = [[pid, _start_time(pid)] for pid in sorted(owned | children) if pid != os.getpid()]
+    record.write_text(json.dumps(info))
+
+
+def stale_ray_processes(out: Path) -> list[int]:
+    """Live processes of the local Ray a previous driver of this study started."""
+    record = out / SESSION_FILE
+    if not record.is_file():
+        return []
+    info = json.loads(record.read_text())
+    found = set(owned_by(info["owner"]))
+    found |= {pid for pid, started in info.get("processes", []) if started and _start_time(pid) == started}
+    return sorted(found - {os.getpid()})
 
 
 def stop_stale_ray(out: Path) -> int:
@@ -107,7 +146,7 @@ def stop_stale_ray(out: Path) -> int:
     if _alive(info.get("driver")):
         raise RankhouseError(f"{out}: the search's driver (pid {info['driver']}) is still running; "
                              "stop it before --resume")
-    stale = owned_by(info["owner"])
+    stale = stale_ray_processes(out)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in stale:
             try:
@@ -209,7 +248,9 @@ def start_ray() -> None:
     os.environ.update(env)
     address = os.environ.get("RAY_ADDRESS")
     try:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=bool(os.environ.get("RANKHOUSE_RAY_LOGS")),
+        # "local": a Ray of this search's own, never a cluster someone left running on this machine
+        ray.init(address=address or "local", runtime_env={"env_vars": env},
+                 log_to_driver=bool(os.environ.get("RANKHOUSE_RAY_LOGS")),
                  **({} if address else {"_node_ip_address": "127.0.0.1"}))
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise RankhouseError(f"cannot start or reach Ray (RAY_ADDRESS={address or 'unset'}): "
@@ -234,6 +275,7 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
 
     mark_ray_owner(out)
     start_ray()
+    record_ray_processes(out)
     cfg = study.config
     metric, mode = cfg["objective"]["metric"], cfg["objective"]["mode"]
     s = cfg["search"]
@@ -285,6 +327,25 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
     return tuner.fit()
 
 
+LOST_TAG = "rankhouse.lost"
+
+
+def close_optuna_trials(out: Path, study: spaces.Study, parent_id: str) -> int:
+    """Optuna trials still RUNNING after the search belong to trials lost with a killed driver:
+    marked FAIL, so the sampler never waits on them and the study's count stays true."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(optuna_storage_url(out))
+    try:
+        ot = optuna.load_study(study_name=optuna_study_name(study, parent_id), storage=storage)
+    except KeyError:
+        return 0
+    stale = [t for t in ot.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    for t in stale:
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    return len(stale)
+
+
 def close_child_runs(study: spaces.Study, results, uri: str, exp_id: str, parent_id: str) -> None:
     """Give every trial's run its final status. Tune ends a trial function that the scheduler
     stopped (or whose last report crossed Tune's stop) before it can close its own run."""
@@ -294,6 +355,12 @@ def close_child_runs(study: spaces.Study, results, uri: str, exp_id: str, parent
         if run.info.status != "RUNNING":
             continue
         result = tune_trials.get(run.data.tags.get(tracking.TRIAL_TAG))
+        if result is None:
+            # started just before a killed driver could save it in Tune's state: --resume does not
+            # know it (it had no checkpoint) and samples a new trial in its place
+            mlflow.set_tag(run.info.run_id, LOST_TAG, "lost with a killed driver before Tune saved it; replaced")
+            mlflow.set_terminated(run.info.run_id, status="KILLED")
+            continue
         epochs = len(tracking.epochs(mlflow, run.info.run_id, study.config["objective"]["metric"]))
         if result is not None and result.error is not None:
             mlflow.set_tag(run.info.run_id, "rankhouse.failure", " ".join(str(result.error).split())[:4000])
@@ -313,6 +380,8 @@ def summarize(study: spaces.Study, results, prepared, uri: str, experiment: str,
     status_names = {"KILLED": "STOPPED"}
     trials = []
     for run in tracking.children(mlflow, exp_id, parent_id):
+        if LOST_TAG in run.data.tags:
+            continue
         tid = run.data.tags.get(tracking.TRIAL_TAG)
         history = tracking.epochs(mlflow, run.info.run_id, metric)
         values = list(history.values())
@@ -393,6 +462,7 @@ def main(argv: list[str]) -> int:
         mlflow.set_terminated(parent_id, status="FAILED")
         raise
     close_child_runs(study, results, uri, exp_id, parent_id)
+    close_optuna_trials(out, study, parent_id)
     summary = summarize(study, results, prepared, uri, experiment, exp_id, parent_id)
     # plots never fail a search: one that cannot be made is a printed note and a parent-run tag
     plots = report.study_plots(summary, uri, parent_id, optuna_storage_url(out), optuna_study_name(study, parent_id),

@@ -61,7 +61,8 @@ def child_run(mlflow, experiment_id: str, parent_id: str, study: str, trial_id: 
         f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'"), max_results=1)
     if found:
         run_id = found[0].info.run_id
-        mlflow.update_run(run_id, status="RUNNING")
+        if found[0].info.status != "FINISHED":  # a finished trial is never reopened (see trial.run_trial)
+            mlflow.update_run(run_id, status="RUNNING")
         return run_id
     run = mlflow.create_run(experiment_id, run_name=trial_name,
                             tags={PARENT_TAG: parent_id, STUDY_TAG: study, TRIAL_TAG: trial_id})

@@ -74,6 +74,10 @@ def run_trial(sampled: dict, study: dict) -> None:
     mlflow = tracking.client(t["uri"])
     run_id = tracking.child_run(mlflow, t["experiment_id"], t["parent_id"], study["name"], ctx.get_trial_id(),
                                 ctx.get_trial_name())
+    if mlflow.get_run(run_id).info.status == "FINISHED":
+        # restored by --resume after the driver died between the trial's end and Tune saving it:
+        # the trial is complete (MLflow has every epoch and its adapter); nothing is trained again
+        return
     tracking.log_params(mlflow, run_id, {**tracking.flatten({k: v for k, v in cfg.items() if k != "data"}),
                                          **{f"sampled.{k}": v for k, v in sampled.items()}})
     loop_config = {"cfg": cfg, "uri": t["uri"], "run_id": run_id}
