@@ -103,6 +103,16 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
+def running(pid: int, started: str | None) -> bool:
+    """The process ``pid`` that started at ``started`` still runs (a zombie does not: an orphan
+    whose reaper does not reap keeps its /proc entry)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and started is not None and _start_time(pid) == started
+
+
 def _parent(pid: int) -> int | None:
     try:
         line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("PPid:"))
@@ -117,10 +127,15 @@ def record_ray_processes(out: Path) -> None:
     if os.environ.get("RAY_ADDRESS") or not record.is_file():
         return
     info = json.loads(record.read_text())
-    owned = set(owned_by(info["owner"]))
-    children = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(int(p.name)) in owned}
-    info["processes"] = [[pid, _start_time(pid)] for pid in sorted(owned | children) if pid != os.getpid()]
+    info["processes"] = ray_processes(info["owner"])
     record.write_text(json.dumps(info))
+
+
+def ray_processes(token: str) -> list[list]:
+    """[pid, start time] of the processes carrying ``token`` and of their children (the agents)."""
+    owned = set(owned_by(token))
+    children = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(int(p.name)) in owned}
+    return [[pid, _start_time(pid)] for pid in sorted(owned | children) if pid != os.getpid()]
 
 
 def stale_ray_processes(out: Path) -> list[int]:
@@ -130,7 +145,7 @@ def stale_ray_processes(out: Path) -> list[int]:
         return []
     info = json.loads(record.read_text())
     found = set(owned_by(info["owner"]))
-    found |= {pid for pid, started in info.get("processes", []) if started and _start_time(pid) == started}
+    found |= {pid for pid, started in info.get("processes", []) if running(pid, started)}
     return sorted(found - {os.getpid()})
 
 

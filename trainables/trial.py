@@ -190,6 +190,7 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
         setups.append(setup)
         if not rank0:
             return
+        import ray.util
         from trainables import bundle, lora
 
         info = {"trainable_params": lora.trainable_parameters(setup.model), "base.name": setup.base.identity["name"],
@@ -200,6 +201,7 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
         # which process trains (a tag: a retried trial runs in another process); for operators
         # and for the fault-tolerance test that kills it
         mlflow.set_tag(run_id, "rankhouse.pid", str(os.getpid()))
+        mlflow.set_tag(run_id, "rankhouse.node", ray.util.get_node_ip_address())
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "ranks.json").write_text(json.dumps(setup.ranks, indent=1))
             mlflow.log_artifact(run_id, str(Path(tmp) / "ranks.json"))
