@@ -58,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
     "resources": {"workers_per_trial": 1, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0, "max_failures": 0,
                   "executor": "auto"},
     "tracking": {"uri": Optional_(str), "experiment": Optional_(str), "output": Optional_(str)},
+    "run": {"storage_path": Optional_(str)},
     "registry": {
         "model_name": Optional_(str),
         "min_gain": 0.0,  # dB of holdout SDR a candidate must gain over the champion

@@ -272,9 +272,18 @@ def start_ray() -> None:
                              f"{' '.join(str(exc).split())[:300]}") from None
 
 
-def experiment_path(out: Path, study: spaces.Study, parent_id: str) -> Path:
+def storage_root(study: spaces.Study, out: Path) -> str:
+    """Where Tune and Train keep trial checkpoints: ``run.storage_path`` (a folder every node
+    mounts, or ``s3://...``: Ray needs shared storage for multi-node runs), else ``<output>/ray``."""
+    given = study.config["run"]["storage_path"]
+    if not given:
+        return str(out / "ray")
+    return given.rstrip("/") if "://" in given else str(Path(given).expanduser().resolve())
+
+
+def experiment_path(out: Path, study: spaces.Study, parent_id: str) -> str:
     """Ray Tune's folder of one search (one MLflow parent run): what ``--resume`` restores."""
-    return out / "ray" / f"{study.name}-{parent_id[:12]}"
+    return f"{storage_root(study, out)}/{study.name}-{parent_id[:12]}"
 
 
 def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, parent_id: str,
@@ -312,18 +321,19 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
         "config": {k: v for k, v in prepared.config.items() if k != "search"},
         "paths": {p.key: list(p.path) for p in study.params},
         "tracking": {"uri": uri, "experiment_id": exp_id, "parent_id": parent_id},
-        "storage_path": str(out / "ray"),
+        "storage_path": storage_root(study, out),
     }
     trainable = tune.with_resources(tune.with_parameters(run_trial, study=payload),
                                     trial_resources(cfg["resources"], TRIAL_FUNCTION_CPU))
     path = experiment_path(out, study, parent_id)
+    root, name = path.rsplit("/", 1)
     if resume:
-        if not tune.Tuner.can_restore(str(path)):
+        if not tune.Tuner.can_restore(path):
             raise RankhouseError(f"{path}: no Ray Tune state to resume (the search died before its first trial); "
                                  f"start it again without --resume")
         # finished trials are kept, unfinished and errored ones continue from their checkpoints;
         # the searcher (with its Optuna study in SQLite) and the scheduler come back from the state
-        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
                                   resume_errored=True).fit()
     tuner = tune.Tuner(
         trainable,
@@ -333,7 +343,7 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
         ),
         run_config=tune.RunConfig(
-            name=path.name, storage_path=str(path.parent), verbose=1,
+            name=name, storage_path=root, verbose=1,
             # retried at one level only: here for the direct executor, by Ray Train for the train executor
             failure_config=tune.FailureConfig(
                 max_failures=cfg["resources"]["max_failures"] if executor(cfg["resources"]) == "direct" else 0),

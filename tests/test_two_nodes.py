@@ -63,13 +63,13 @@ def test_trials_land_on_both_nodes_of_a_loopback_cluster(tmp_path):
             assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
         nodes = ray_processes(token)
         summary = tmp_path / "summary.json"
-        out = tmp_path / "shared" / "runs"  # the storage path every node writes trial checkpoints to
+        out = tmp_path / "runs"
         proc = subprocess.run(
             [sys.executable, "-m", "platform.tune", "search_spaces/techhouse.yaml", f"model.base={base}",
              "search.num_samples=2", "search.max_concurrent=2", "search.scheduler.type=fifo", "train.epochs=1",
              "train.steps_per_epoch=2", "train.batch_size=2", "data.segment=2.0", "train.valid_max_seconds=4.0",
              "data.embedded.songs=4", "data.embedded.seconds=6.0", "resources.cpus_per_worker=0.9",
-             f"tracking.output={out}", "--json", str(summary)],
+             f"tracking.output={out}", f"run.storage_path={tmp_path / 'shared' / 'ray'}", "--json", str(summary)],
             cwd=ROOT, env={**env, "RAY_ADDRESS": f"127.0.0.2:{port}"}, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         result = json.loads(summary.read_text())
@@ -77,7 +77,8 @@ def test_trials_land_on_both_nodes_of_a_loopback_cluster(tmp_path):
         runs = [mlflow.get_run(t["run_id"]) for t in result["trials"]]
         assert {r.info.status for r in runs} == {"FINISHED"}
         assert {r.data.tags["rankhouse.node"] for r in runs} == {"127.0.0.2", "127.0.0.3"}
-        assert len(list((out / "ray").glob("*/trial_*/checkpoint_*"))) >= 2  # both nodes wrote to the shared path
+        assert not (out / "ray").exists()
+        assert len(list((tmp_path / "shared" / "ray").glob("*/trial_*/checkpoint_*"))) >= 2  # both nodes wrote to the shared path
     finally:
         nodes = nodes or ray_processes(token)
         stop(ray_processes(token) + nodes)
