@@ -90,3 +90,58 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class TinySearch:
+    """``python -m platform.tune`` on a tiny random HT-Demucs base and a 4-song corpus, for the
+    end-to-end tests that start, kill and resume real searches."""
+
+    KWARGS = dict(audio_channels=2, channels=16, depth=4, nfft=4096, samplerate=22050, segment=2, t_layers=2,
+                  bottom_channels=0)
+
+    def __init__(self, work: Path):
+        import os
+
+        import torch
+
+        from trainables import htdemucs
+
+        torch.manual_seed(0)
+        self.base = work / "tiny.safetensors"
+        htdemucs.save_checkpoint(htdemucs.new_model(htdemucs.EMBEDDED_SOURCES, self.KWARGS), self.base, self.KWARGS)
+        self.out = work / "out"
+        self.env = {**os.environ, "RANKHOUSE_HOME": str(work / "home")}
+
+    def cmd(self, *overrides: str) -> list[str]:
+        import sys
+
+        return [sys.executable, "-m", "platform.tune", "search_spaces/techhouse.yaml", f"model.base={self.base}",
+                "search.scheduler.type=fifo", "train.batch_size=2", "data.segment=2.0", "train.valid_max_seconds=4.0",
+                "data.embedded.songs=4", "data.embedded.seconds=6.0", "resources.cpus_per_worker=0.9",
+                f"tracking.output={self.out}", *overrides]
+
+    def watch(self, proc, log: Path, until, timeout: float = 900):
+        """Poll the search's child runs while ``proc`` runs, until ``until(parent_id, runs)`` returns
+        something; return that (None if the search ended first)."""
+        import re
+        import time
+
+        from trainables import tracking
+
+        deadline = time.time() + timeout
+        while proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+            found = re.search(r"^parent run: (\w+)", log.read_text(), re.M)
+            if not found:
+                continue
+            mlflow = tracking.client(f"sqlite:///{self.out / 'mlflow.db'}")
+            parent = mlflow.get_run(found.group(1))
+            hit = until(found.group(1), list(tracking.children(mlflow, parent.info.experiment_id, found.group(1))))
+            if hit is not None:
+                return hit
+        return None
+
+
+@pytest.fixture
+def tiny_search(tmp_path) -> TinySearch:
+    return TinySearch(tmp_path)

@@ -6,54 +6,36 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(audio_channels=2, channels=16, depth=4, nfft=4096, samplerate=22050, segment=2, t_layers=2,
-            bottom_channels=0)
 EPOCHS = 3
 
 
 @pytest.mark.slow
-def test_a_killed_training_process_resumes_from_its_checkpoint(tmp_path):
-    from trainables import htdemucs, tracking
+def test_a_killed_training_process_resumes_from_its_checkpoint(tiny_search, tmp_path):
+    from trainables import tracking
 
-    torch.manual_seed(0)
-    base = tmp_path / "tiny.safetensors"
-    htdemucs.save_checkpoint(htdemucs.new_model(htdemucs.EMBEDDED_SOURCES, TINY), base, TINY)
     summary, log = tmp_path / "summary.json", tmp_path / "tune.log"
-    cmd = [sys.executable, "-m", "platform.tune", "search_spaces/techhouse.yaml", f"model.base={base}",
-           "search.num_samples=2", "search.max_concurrent=2", "search.scheduler.type=fifo",
-           f"train.epochs={EPOCHS}", "train.steps_per_epoch=6", "train.batch_size=2", "data.segment=2.0",
-           "train.valid_max_seconds=4.0", "data.embedded.songs=4", "data.embedded.seconds=6.0",
-           "resources.cpus_per_worker=0.9", "resources.max_failures=1", f"tracking.output={tmp_path / 'out'}",
-           "--json", str(summary)]
-    env = {**os.environ, "RANKHOUSE_HOME": str(tmp_path / "home")}
+    cmd = tiny_search.cmd("search.num_samples=2", "search.max_concurrent=2", f"train.epochs={EPOCHS}",
+                          "train.steps_per_epoch=6", "resources.max_failures=1", "--json", str(summary))
+
+    def kill_mid_trial(parent_id, runs):
+        mlflow = tracking.client(f"sqlite:///{tiny_search.out / 'mlflow.db'}")
+        for run in runs:
+            done = tracking.epochs(mlflow, run.info.run_id, "valid/sdr")
+            if len(done) == 1 and "rankhouse.pid" in run.data.tags:  # mid-trial: epoch 1 of 3 logged
+                os.kill(int(run.data.tags["rankhouse.pid"]), signal.SIGKILL)
+                return run.info.run_id, int(run.data.tags["rankhouse.pid"])
+        return None
+
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        killed = None
-        deadline = time.time() + 900
-        while killed is None and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.5)
-            found = re.search(r"^parent run: (\w+)", log.read_text(), re.M)
-            if not found:
-                continue
-            mlflow = tracking.client(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
-            parent = mlflow.get_run(found.group(1))
-            for run in tracking.children(mlflow, parent.info.experiment_id, parent.info.run_id):
-                done = tracking.epochs(mlflow, run.info.run_id, "valid/sdr")
-                if len(done) == 1 and "rankhouse.pid" in run.data.tags:  # mid-trial: epoch 1 of 3 logged
-                    killed = (run.info.run_id, int(run.data.tags["rankhouse.pid"]))
-                    os.kill(killed[1], signal.SIGKILL)
-                    break
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=tiny_search.env, stdout=out, stderr=subprocess.STDOUT)
+        killed = tiny_search.watch(proc, log, kill_mid_trial)
         code = proc.wait(timeout=900)
     assert killed is not None, "no trial was caught mid-training: " + log.read_text()[-2000:]
     assert code == 0, log.read_text()[-3000:]
