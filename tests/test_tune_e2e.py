@@ -109,7 +109,8 @@ def test_adapters_reload_and_reproduce_the_logged_score(search, base_checkpoint)
     for trial in summary["trials"]:
         folder = mlflow.artifacts.download_artifacts(run_id=trial["run_id"], artifact_path="adapter",
                                                      tracking_uri=summary["tracking_uri"])
-        assert sorted(os.listdir(folder)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+        assert sorted(os.listdir(folder)) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
+                                             "rankhouse.json"]  # the bundle manifest beside the PEFT adapter
         outputs = []
         for _ in range(2):
             base = family.build_base({"base": str(base_checkpoint)})
