@@ -14,6 +14,7 @@ import math
 import os
 import sqlite3
 from pathlib import Path
+from typing import Callable
 
 from platform import report, spaces
 from platform.cli import run
@@ -272,6 +273,18 @@ def start_ray() -> None:
                              f"{' '.join(str(exc).split())[:300]}") from None
 
 
+def launch_ray(out: Path) -> None:
+    """Start (or join) the search's Ray once, marking a local one as this study's own (``--resume``
+    stops what a killed driver's Ray left running)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    mark_ray_owner(out)
+    start_ray()
+    record_ray_processes(out)
+
+
 def storage_root(study: spaces.Study, out: Path) -> str:
     """Where Tune and Train keep trial checkpoints: ``run.storage_path`` (a folder every node
     mounts, or ``s3://...``: Ray needs shared storage for multi-node runs), else ``<output>/ray``."""
@@ -287,7 +300,10 @@ def experiment_path(out: Path, study: spaces.Study, parent_id: str) -> str:
 
 
 def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, parent_id: str,
-               resume: bool = False):
+               resume: bool = False, train: Callable | None = None):
+    """Ray Tune over the study's trials. ``train`` replaces ``trainables.loop.train`` in every
+    trial (same signature; everything around it is the platform's): benchmarks/scheduling.py
+    runs a trivial one to measure the search's own bookkeeping."""
     import optuna
     import ray
     from ray import tune
@@ -297,9 +313,7 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
 
     from trainables.trial import run_trial
 
-    mark_ray_owner(out)
-    start_ray()
-    record_ray_processes(out)
+    launch_ray(out)
     cfg = study.config
     metric, mode = cfg["objective"]["metric"], cfg["objective"]["mode"]
     s = cfg["search"]
@@ -322,6 +336,7 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
         "paths": {p.key: list(p.path) for p in study.params},
         "tracking": {"uri": uri, "experiment_id": exp_id, "parent_id": parent_id},
         "storage_path": storage_root(study, out),
+        "train_fn": train,
     }
     trainable = tune.with_resources(tune.with_parameters(run_trial, study=payload),
                                     trial_resources(cfg["resources"], TRIAL_FUNCTION_CPU))
@@ -341,6 +356,9 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=limit), scheduler=scheduler,
             num_samples=s["num_samples"], metric=metric, mode=mode,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+            # a finished trial's process runs the next trial: a new one would import torch, PEFT
+            # (transformers), demucs and MLflow again, ~7-10 s on 2 cores (benchmarks/trial_overhead.py)
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=root, verbose=1,

@@ -23,16 +23,12 @@ from trainables import checkpoint, lora
 from trainables.data import cache as stem_cache
 from trainables.data.layout import normalize_sources, stems_of
 from trainables.data.segments import Augment, SegmentSampler, validation_tracks
-from trainables.errors import RankhouseError
+from trainables.errors import RankhouseError, TrialFailed  # noqa: F401 (TrialFailed: loop's to raise)
 from trainables.family import Base, Family, get_family
 from trainables.metrics import nsdr
 from trainables.separation import separate
 
 SCHEDULES = ("constant", "linear", "cosine")
-
-
-class TrialFailed(RuntimeError):
-    """The trial cannot go on (e.g. a non-finite loss); the message is the reason."""
 
 
 class Report(Protocol):

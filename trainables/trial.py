@@ -23,11 +23,17 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from trainables import checkpoint, loop, previews, tracking
+from trainables import checkpoint, previews, tracking
+from trainables.errors import TrialFailed
+
+# ``trainables.loop`` (PEFT, which imports transformers: ~5 s) is imported where a trial trains,
+# not here: this module is the trial process's entry point and a search's bookkeeping needs none of it
+if TYPE_CHECKING:
+    from trainables import loop
 
 
 def pin_threads(resources: dict) -> None:
@@ -80,7 +86,7 @@ def run_trial(sampled: dict, study: dict) -> None:
         return
     tracking.log_params(mlflow, run_id, {**tracking.flatten({k: v for k, v in cfg.items() if k != "data"}),
                                          **{f"sampled.{k}": v for k, v in sampled.items()}})
-    loop_config = {"cfg": cfg, "uri": t["uri"], "run_id": run_id}
+    loop_config = {"cfg": cfg, "uri": t["uri"], "run_id": run_id, "train_fn": study.get("train_fn")}
     try:
         if executor(cfg["resources"]) == "direct":
             pin_threads(cfg["resources"])
@@ -88,7 +94,7 @@ def run_trial(sampled: dict, study: dict) -> None:
             _run_loop(loop_config, ray.tune.report, ray.tune.get_checkpoint(), ray.tune.Checkpoint, 0, device)
         else:
             _fit_train(loop_config, cfg, study, ctx.get_trial_id())
-    except (ray.train.TrainingFailedError, loop.TrialFailed) as exc:
+    except (ray.train.TrainingFailedError, TrialFailed) as exc:
         # the training itself failed. Other exceptions come from Tune tearing the trial down
         # (an early stop): the driver closes those runs from what they logged.
         mlflow.set_tag(run_id, "rankhouse.failure", " ".join(str(exc).split())[:4000])
@@ -164,6 +170,8 @@ def note_restart(mlflow, run_id: str, epoch: int) -> None:
 def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: int, device: torch.device,
               prepare: Callable | None = None) -> None:
     """The loop with Ray reporting and (rank 0 only) MLflow logging and checkpoints, for either executor."""
+    from trainables import loop
+
     cfg, run_id = config["cfg"], config["run_id"]
     rank0 = rank == 0
     mlflow = tracking.client(config["uri"]) if rank0 else None
@@ -172,6 +180,9 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
     logged = list(tracking.epochs(mlflow, run_id, metric).values()) if rank0 else []
     best = {"value": (max if mode == "max" else min)(logged) if logged else None}
     setups: list[loop.Setup] = []  # kept by ``describe``: the preview needs the model and the valid split
+    # ``loop.train`` unless the search passed another function of the same signature
+    # (benchmarks/scheduling.py measures the platform's bookkeeping around a trivial one)
+    train = config.get("train_fn") or loop.train
 
     def report(metrics: dict, folder: Path) -> None:
         if rank0:
@@ -183,7 +194,8 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
                 best["value"] = value
                 mlflow.log_artifacts(run_id, str(folder / checkpoint.ADAPTER), "adapter")
                 mlflow.set_tag(run_id, "rankhouse.best_epoch", str(metrics["epoch"]))
-                log_preview(mlflow, run_id, setups[-1] if setups else None, metrics, device)
+                if setups:  # a training function that describes no model has nothing to listen to
+                    log_preview(mlflow, run_id, setups[-1], metrics, device)
         ray_report(metrics, checkpoint=checkpoint_cls.from_directory(str(folder)) if rank0 else None)
 
     def describe(setup: loop.Setup) -> None:
@@ -212,10 +224,10 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
     if resume is None:
         if rank0 and logged:  # a retried trial whose first attempt died before any checkpoint
             note_restart(mlflow, run_id, 0)
-        loop.train(cfg, report, device=device, prepare_model=prepare, on_setup=describe, rank=rank)
+        train(cfg, report, device=device, prepare_model=prepare, on_setup=describe, rank=rank)
         return
     with resume.as_directory() as folder:
         if rank0:
             note_restart(mlflow, run_id, json.loads((Path(folder) / checkpoint.STATE).read_text())["epoch"])
-        loop.train(cfg, report, resume_from=Path(folder), device=device, prepare_model=prepare, on_setup=describe,
+        train(cfg, report, resume_from=Path(folder), device=device, prepare_model=prepare, on_setup=describe,
                    rank=rank)
