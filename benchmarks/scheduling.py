@@ -1,0 +1,195 @@
+"""What the platform's bookkeeping costs a search of many very short trials.
+
+The same search twice, side by side in one Ray session (the platform's: the trial processes
+preload and are reused), over the same space, sampler seed, ASHA and concurrency:
+
+  tune       Ray Tune alone: Tuner + OptunaSearch (TPE, in memory) + ASHA over a function that
+             reports a synthetic objective and a tiny checkpoint each epoch
+  platform   ``platform.tune.run_search`` with that same function as the trial's training
+             function: the trial process's MLflow child run (params, metrics per epoch, the
+             best epoch's adapter artifact, status), Optuna's study in SQLite, then what
+             ``python -m platform.tune`` does after Tune returns (closing the runs, the summary,
+             the study's plots)
+
+The training function sleeps ``--epoch-ms`` per epoch instead of training, so what is left is
+scheduling and bookkeeping. Rounds alternate the two (tune, platform, platform, tune, ...) and
+the medians are compared. MLflow records/s counts what the platform wrote to its store (runs,
+params, tags, metric values) per second of the platform's wall time.
+
+    .venv/bin/python -m benchmarks.scheduling --trials 200 --repeat 2   (from the repository root)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The functions below run in Ray's trial processes. This file runs as ``__main__``, so Ray ships
+# them by value; they must not reach for ``platform`` (the standard library's there).
+
+
+def synthetic_epoch(cfg: dict, epoch: int, folder: Path, epoch_ms: float) -> dict:
+    """One 'epoch': a smooth objective of the sampled values (best near rank 16, lr 1e-3) that
+    improves with epochs, and a checkpoint folder shaped like a trial's (a small adapter)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    time.sleep(epoch_ms / 1000)
+    rank, lr = cfg["lora"]["rank"], cfg["optim"]["lr"]
+    score = 5.0 - (math.log2(rank) - 4) ** 2 * 0.3 - (math.log10(lr) + 3) ** 2 - 2.0 / epoch
+    (folder / "adapter").mkdir()
+    save_file({"lora_A": torch.zeros(rank, 64), "lora_B": torch.zeros(64, rank)},
+              str(folder / "adapter" / "adapter_model.safetensors"))
+    (folder / "state.json").write_text(json.dumps({"epoch": epoch}))
+    return {"valid/sdr": score, "valid/loss": 1.0 / (1.0 + score * score), "train/loss": 0.1, "epoch": epoch,
+            "pid": os.getpid()}
+
+
+def synthetic_train(cfg: dict, report, resume_from=None, device=None, prepare_model=None, log=print,
+                    on_setup=None, rank: int = 0) -> dict:
+    """``trainables.loop.train``'s signature over ``synthetic_epoch``: the platform arm's trials."""
+    metrics = {}
+    for epoch in range(1, int(cfg["train"]["epochs"]) + 1):
+        with tempfile.TemporaryDirectory() as tmp:
+            metrics = synthetic_epoch(cfg, epoch, Path(tmp), cfg["train"]["epoch_ms"])
+            if report(metrics, Path(tmp)):
+                break
+    return metrics
+
+
+def tune_alone_trial(sampled: dict, base: dict, paths: dict) -> None:
+    """The Tune-alone arm's trial: the same epochs reported straight to Tune."""
+    import copy
+
+    import ray.tune
+
+    cfg = copy.deepcopy(base)
+    for key, value in sampled.items():
+        node = cfg
+        for part in paths[key][:-1]:
+            node = node.setdefault(part, {})
+        node[paths[key][-1]] = value
+    for epoch in range(1, int(cfg["train"]["epochs"]) + 1):
+        with tempfile.TemporaryDirectory() as tmp:
+            metrics = synthetic_epoch(cfg, epoch, Path(tmp), cfg["train"]["epoch_ms"])
+            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
+
+
+def mlflow_records(db: Path) -> int:
+    with sqlite3.connect(db) as con:
+        return sum(con.execute(f"select count(*) from {t}").fetchone()[0]
+                   for t in ("runs", "params", "tags", "metrics"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trials", type=int, default=200)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epoch-ms", type=float, default=50.0, help="what one synthetic epoch sleeps")
+    p.add_argument("--concurrent", type=int, default=4)
+    p.add_argument("--repeat", type=int, default=2, help="rounds of both arms; medians are compared")
+    args = p.parse_args()
+
+    import optuna
+    import ray
+    from ray import tune as ray_tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from platform import report, spaces, tune
+    from platform.preflight import Prepared, resolve_data
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    work = Path(tempfile.mkdtemp(prefix="rankhouse-scheduling-"))
+    cpus = 2.0 / args.concurrent
+    overrides = [f"search.num_samples={args.trials}", f"search.max_concurrent={args.concurrent}",
+                 f"train.epochs={args.epochs}", f"resources.cpus_per_worker={cpus}", "data.root=" + str(work)]
+    study = spaces.load(ROOT / "search_spaces" / "techhouse.yaml", overrides)
+    # the synthetic objective needs no data and no base: no preflight, a placeholder identity
+    cfg = resolve_data(study)
+    cfg["train"]["epoch_ms"] = args.epoch_ms
+    prepared = Prepared({k: v for k, v in cfg.items()}, {"name": "synthetic", "sha256": None}, {})
+    study.config["train"]["epoch_ms"] = args.epoch_ms
+    metric, mode = study.config["objective"]["metric"], study.config["objective"]["mode"]
+
+    def run_tune_alone(out: Path) -> dict:
+        s = study.config["search"]
+        searcher = OptunaSearch(space=spaces.DefineByRun(study.params), metric=metric, mode=mode,
+                                sampler=optuna.samplers.TPESampler(seed=s["seed"], multivariate=True))
+        sch = s["scheduler"]
+        trainable = ray_tune.with_resources(
+            ray_tune.with_parameters(tune_alone_trial, base={k: v for k, v in cfg.items() if k != "search"},
+                                     paths={q.key: list(q.path) for q in study.params}),
+            {"cpu": cpus})
+        started = time.perf_counter()
+        results = ray_tune.Tuner(
+            trainable,
+            tune_config=ray_tune.TuneConfig(
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=args.concurrent), num_samples=args.trials,
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=args.epochs,
+                                        grace_period=sch["grace_period"], reduction_factor=sch["reduction_factor"]),
+                metric=metric, mode=mode, reuse_actors=True),
+            run_config=ray_tune.RunConfig(name="tune", storage_path=str(out), verbose=0,
+                                          checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=2)),
+        ).fit()
+        wall = time.perf_counter() - started
+        reports = sum(len(r.metrics_dataframe) for r in results if r.metrics_dataframe is not None)
+        return {"wall": wall, "fit": wall, "trials": len(results), "reports": reports, "records": 0}
+
+    def run_platform(out: Path) -> dict:
+        out.mkdir(parents=True)
+        started = time.perf_counter()
+        uri = tune.tracking_uri(study, out)
+        _, exp_id, parent_id = tune.start_parent(uri, study, prepared, out)
+        results = tune.run_search(study, prepared, out, uri, exp_id, parent_id, train=synthetic_train)
+        fit = time.perf_counter() - started
+        tune.close_child_runs(study, results, uri, exp_id, parent_id)
+        tune.close_optuna_trials(out, study, parent_id)
+        summary = tune.summarize(study, results, prepared, uri, "techhouse", exp_id, parent_id)
+        report.study_plots(summary, uri, parent_id, tune.optuna_storage_url(out),
+                           tune.optuna_study_name(study, parent_id), out / "plots")
+        wall = time.perf_counter() - started
+        reports = sum(t["epochs"] for t in summary["trials"])
+        return {"wall": wall, "fit": fit, "trials": len(summary["trials"]), "reports": reports,
+                "records": mlflow_records(out / "mlflow.db")}
+
+    os.environ.setdefault("RANKHOUSE_HOME", str(work / "home"))
+    tune.launch_ray(work)
+    time.sleep(5)  # let the prestarted workers finish their preload before the first round
+    rows: dict[str, list[dict]] = {"tune": [], "platform": []}
+    for i in range(args.repeat):
+        order = ("tune", "platform") if i % 2 == 0 else ("platform", "tune")
+        for arm in order:
+            out = work / f"{arm}-{i}"
+            rows[arm].append(run_tune_alone(out) if arm == "tune" else run_platform(out))
+            r = rows[arm][-1]
+            print(f"round {i + 1} {arm}: {r['trials']} trials, {r['reports']} results, {r['wall']:.1f} s", flush=True)
+    ray.shutdown()
+
+    def med(arm: str, key: str) -> float:
+        return statistics.median(r[key] for r in rows[arm])
+
+    tune_wall = med("tune", "wall")
+    print(f"\n{args.trials} trials x up to {args.epochs} epochs of {args.epoch_ms:g} ms, ASHA, "
+          f"{args.concurrent} concurrent ({cpus:g} CPU each), {args.repeat} rounds (medians)\n")
+    print("| arm | wall (s) | of which Tuner.fit (s) | trials/min | Tune results/s | MLflow records/s | vs Tune alone |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for arm in ("tune", "platform"):
+        wall = med(arm, "wall")
+        print(f"| {arm} | {wall:.1f} | {med(arm, 'fit'):.1f} | {60 * med(arm, 'trials') / wall:.0f} | "
+              f"{med(arm, 'reports') / wall:.1f} | {med(arm, 'records') / wall:.0f} | {wall / tune_wall:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

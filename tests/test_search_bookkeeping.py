@@ -1,0 +1,92 @@
+"""The search's bookkeeping around a trial's training function, on real local Ray, Optuna and MLflow.
+
+``platform.tune.run_search(train=...)`` runs the platform's trial wrapper (MLflow child run,
+params, metrics per epoch, the best epoch's adapter artifact, Tune checkpoints, the run's final
+status) around ``benchmarks.scheduling.synthetic_train``, a function with ``loop.train``'s
+signature that sleeps instead of training: what the scheduling benchmark measures. It also
+shows that Tune runs the trials of a search in one reused process.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TRIALS, EPOCHS = 4, 2
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    import optuna
+    import ray
+    import ray.cloudpickle
+
+    import benchmarks.scheduling as scheduling
+    from platform import spaces, tune
+    from platform.preflight import Prepared, resolve_data
+
+    ray.cloudpickle.register_pickle_by_value(scheduling)  # trial processes need not import it
+    work = tmp_path_factory.mktemp("bookkeeping")
+    saved = dict(os.environ)
+    study = spaces.load(ROOT / "search_spaces" / "techhouse.yaml", [
+        f"search.num_samples={TRIALS}", "search.max_concurrent=1", "search.scheduler.type=fifo",
+        f"train.epochs={EPOCHS}", "resources.cpus_per_worker=1.0", f"data.root={work}",
+        f"tracking.output={work / 'out'}"])
+    cfg = resolve_data(study)
+    cfg["train"]["epoch_ms"] = 10.0
+    prepared = Prepared(cfg, {"name": "synthetic", "sha256": None}, {})
+    out = tune.output_dir(study)
+    out.mkdir(parents=True)
+    uri = tune.tracking_uri(study, out)
+    try:
+        _, exp_id, parent_id = tune.start_parent(uri, study, prepared, out)
+        results = tune.run_search(study, prepared, out, uri, exp_id, parent_id, train=scheduling.synthetic_train)
+        tune.close_child_runs(study, results, uri, exp_id, parent_id)
+        summary = tune.summarize(study, results, prepared, uri, study.name, exp_id, parent_id)
+        optuna_trials = optuna.load_study(study_name=tune.optuna_study_name(study, parent_id),
+                                          storage=tune.optuna_storage_url(out)).get_trials()
+    finally:
+        ray.shutdown()
+        os.environ.clear()
+        os.environ.update(saved)
+    return summary, optuna_trials, uri
+
+
+@pytest.mark.slow
+def test_every_trial_has_one_finished_run_with_every_epoch_and_its_adapter(searched):
+    from trainables import tracking
+
+    summary, _, uri = searched
+    mlflow = tracking.client(uri)
+    assert len(summary["trials"]) == TRIALS
+    assert len({t["trial_id"] for t in summary["trials"]}) == TRIALS
+    for t in summary["trials"]:
+        assert t["status"] == "FINISHED"
+        steps = [m.step for m in mlflow.get_metric_history(t["run_id"], "valid/sdr")]
+        assert steps == list(range(1, EPOCHS + 1))
+        names = {f.path for f in mlflow.list_artifacts(t["run_id"], "adapter")}
+        assert names == {"adapter/adapter_model.safetensors"}
+        assert mlflow.get_run(t["run_id"]).data.params["sampled.lora.rank"] == str(t["config"]["lora.rank"])
+
+
+@pytest.mark.slow
+def test_the_summary_ranks_trials_by_their_best_epoch_and_optuna_saw_each(searched):
+    summary, optuna_trials, _ = searched
+    bests = [t["best"] for t in summary["trials"]]
+    assert bests == sorted(bests, reverse=True)
+    assert summary["best"]["run_id"] == summary["trials"][0]["run_id"]
+    assert [t.state.name for t in optuna_trials] == ["COMPLETE"] * TRIALS
+    assert sorted(t.value for t in optuna_trials) == pytest.approx(sorted(bests))
+
+
+@pytest.mark.slow
+def test_tune_reuses_one_process_for_the_trials_of_a_search(searched):
+    from trainables import tracking
+
+    summary, _, uri = searched
+    mlflow = tracking.client(uri)
+    pids = {mlflow.get_metric_history(t["run_id"], "pid")[0].value for t in summary["trials"]}
+    assert len(pids) == 1  # one at a time, each in the process the first one started in
