@@ -1,7 +1,7 @@
 """What the platform's bookkeeping costs a search of many very short trials.
 
-The same search twice, side by side in one Ray session (the platform's: the trial processes
-preload and are reused), over the same space, sampler seed, ASHA and concurrency:
+The same search twice, side by side in one Ray session (the platform's; trial processes are
+reused in both arms), over the same space, sampler seed, ASHA and concurrency:
 
   tune       Ray Tune alone: Tuner + OptunaSearch (TPE, in memory) + ASHA over a function that
              reports a synthetic objective and a tiny checkpoint each epoch
@@ -32,8 +32,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The functions below run in Ray's trial processes. This file runs as ``__main__``, so Ray ships
-# them by value; they must not reach for ``platform`` (the standard library's there).
+# synthetic_epoch, synthetic_train and tune_alone_trial run in Ray's trial processes. This file
+# runs as ``__main__``, so Ray ships them by value; they must not reach for ``platform`` (the
+# standard library's there).
 
 
 def synthetic_epoch(cfg: dict, epoch: int, folder: Path, epoch_ms: float) -> dict:
@@ -73,6 +74,8 @@ def tune_alone_trial(sampled: dict, base: dict, paths: dict) -> None:
 
     import ray.tune
 
+    # trainables.trial.merge, written out: importing that module (torch, previews, MLflow's
+    # helpers) would add the platform's imports to the arm it is measured against
     cfg = copy.deepcopy(base)
     for key, value in sampled.items():
         node = cfg
@@ -83,6 +86,16 @@ def tune_alone_trial(sampled: dict, base: dict, paths: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             metrics = synthetic_epoch(cfg, epoch, Path(tmp), cfg["train"]["epoch_ms"])
             ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
+
+
+def synthetic_prepared(study, epoch_ms: float):
+    """The preflight's result for the synthetic objective, which needs no data and no base: the
+    study's config with paths resolved and ``train.epoch_ms``, a placeholder base identity."""
+    from platform.preflight import Prepared, resolve_data
+
+    cfg = resolve_data(study)
+    cfg["train"]["epoch_ms"] = epoch_ms
+    return Prepared(cfg, {"name": "synthetic", "sha256": None}, {})
 
 
 def mlflow_records(db: Path) -> int:
@@ -108,7 +121,6 @@ def main() -> None:
     from ray.tune.search.optuna import OptunaSearch
 
     from platform import report, spaces, tune
-    from platform.preflight import Prepared, resolve_data
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="rankhouse-scheduling-"))
@@ -116,11 +128,8 @@ def main() -> None:
     overrides = [f"search.num_samples={args.trials}", f"search.max_concurrent={args.concurrent}",
                  f"train.epochs={args.epochs}", f"resources.cpus_per_worker={cpus}", "data.root=" + str(work)]
     study = spaces.load(ROOT / "search_spaces" / "techhouse.yaml", overrides)
-    # the synthetic objective needs no data and no base: no preflight, a placeholder identity
-    cfg = resolve_data(study)
-    cfg["train"]["epoch_ms"] = args.epoch_ms
-    prepared = Prepared({k: v for k, v in cfg.items()}, {"name": "synthetic", "sha256": None}, {})
-    study.config["train"]["epoch_ms"] = args.epoch_ms
+    prepared = synthetic_prepared(study, args.epoch_ms)
+    cfg = prepared.config
     metric, mode = study.config["objective"]["metric"], study.config["objective"]["mode"]
 
     def run_tune_alone(out: Path) -> dict:
@@ -156,7 +165,7 @@ def main() -> None:
         fit = time.perf_counter() - started
         tune.close_child_runs(study, results, uri, exp_id, parent_id)
         tune.close_optuna_trials(out, study, parent_id)
-        summary = tune.summarize(study, results, prepared, uri, "techhouse", exp_id, parent_id)
+        summary = tune.summarize(study, results, prepared, uri, study.name, exp_id, parent_id)
         report.study_plots(summary, uri, parent_id, tune.optuna_storage_url(out),
                            tune.optuna_study_name(study, parent_id), out / "plots")
         wall = time.perf_counter() - started
@@ -164,9 +173,7 @@ def main() -> None:
         return {"wall": wall, "fit": fit, "trials": len(summary["trials"]), "reports": reports,
                 "records": mlflow_records(out / "mlflow.db")}
 
-    os.environ.setdefault("RANKHOUSE_HOME", str(work / "home"))
     tune.launch_ray(work)
-    time.sleep(5)  # let the prestarted workers finish their preload before the first round
     rows: dict[str, list[dict]] = {"tune": [], "platform": []}
     for i in range(args.repeat):
         order = ("tune", "platform") if i % 2 == 0 else ("platform", "tune")

@@ -26,7 +26,6 @@ def searched(tmp_path_factory):
 
     import benchmarks.scheduling as scheduling
     from platform import spaces, tune
-    from platform.preflight import Prepared, resolve_data
 
     ray.cloudpickle.register_pickle_by_value(scheduling)  # trial processes need not import it
     work = tmp_path_factory.mktemp("bookkeeping")
@@ -35,9 +34,7 @@ def searched(tmp_path_factory):
         f"search.num_samples={TRIALS}", "search.max_concurrent=1", "search.scheduler.type=fifo",
         f"train.epochs={EPOCHS}", "resources.cpus_per_worker=1.0", f"data.root={work}",
         f"tracking.output={work / 'out'}"])
-    cfg = resolve_data(study)
-    cfg["train"]["epoch_ms"] = 10.0
-    prepared = Prepared(cfg, {"name": "synthetic", "sha256": None}, {})
+    prepared = scheduling.synthetic_prepared(study, epoch_ms=10.0)
     out = tune.output_dir(study)
     out.mkdir(parents=True)
     uri = tune.tracking_uri(study, out)
