@@ -1,5 +1,5 @@
-"""``python -m platform.base``: train the embedded HT-Demucs base to a plateau and write it, with
-its model card, to ``trainables/assets/``.
+"""``python -m platform.base [--family NAME]``: train a family's embedded base (HT-Demucs by
+default; ``bs_roformer``) to a plateau and write it, with its model card, to ``trainables/assets/``.
 
 Why a plateau: an undertrained base gains from *any* further training, so an adapter's gain
 over it would prove nothing. The base trains fully (no LoRA) on the ``generic`` preset (a
@@ -23,21 +23,20 @@ from safetensors.torch import load_file
 
 from platform.cli import run
 from platform.corpus import embedded_corpus
-from trainables import checkpoint, htdemucs, loop
+from trainables import checkpoint, loop
 from trainables.data import cache as stem_cache
 from trainables.data.layout import stems_of
 from trainables.errors import RankhouseError
+from trainables.family import FAMILIES, Family, get_family
 
 FOUR_STEMS = {"drums": ["kick", "hihat"], "bass": ["bass"], "other": ["other"], "vocals": ["vocals"]}
-CARD_JSON = htdemucs.ASSETS / "htdemucs_embedded.json"
-CARD_MD = htdemucs.ASSETS / "htdemucs_embedded.md"
 # the tech-house corpus of search_spaces/techhouse.yaml: the card reports the base on it
 TECHHOUSE = dict(preset="techhouse", songs=24, seconds=20.0, seed=0)
 
 
 def base_config(root: Path, args) -> dict:
     return {
-        "model": {"family": "htdemucs", "base": "scratch", "sources": list(FOUR_STEMS)},
+        "model": {"family": args.family, "base": "scratch", "sources": list(FOUR_STEMS)},
         "data": {"root": str(root), "sources": FOUR_STEMS, "segment": 3.0},
         "lora": None,
         "optim": {"lr": args.lr, "schedule": "constant", "grad_clip": 5.0},
@@ -46,17 +45,23 @@ def base_config(root: Path, args) -> dict:
     }
 
 
-def score(model_path: Path, root: Path) -> dict:
+def score(family: Family, model_path: Path, root: Path) -> dict:
     """Whole-track nSDR of a base checkpoint on a corpus' valid split (4 sources)."""
-    model, _ = htdemucs.load_safetensors(model_path)
-    model.eval().requires_grad_(False)
-    valid = stem_cache.StemCache(stem_cache.build(root, "valid", stems_of(FOUR_STEMS), int(model.samplerate)))
-    return loop.evaluate(model, valid, FOUR_STEMS, int(model.samplerate), float(model.segment), torch.device("cpu"))
+    base = family.build_base({"base": str(model_path)})
+    base.model.eval().requires_grad_(False)
+    valid = stem_cache.StemCache(stem_cache.build(root, "valid", stems_of(FOUR_STEMS), base.samplerate))
+    return loop.evaluate(base.model, valid, FOUR_STEMS, base.samplerate, base.segment, torch.device("cpu"))
+
+
+def cards(out: Path) -> tuple[Path, Path]:
+    """The model card beside an asset: ``X.safetensors`` -> ``X.json`` and ``X.md``."""
+    return out.with_suffix(".json"), out.with_suffix(".md")
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m platform.base", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--family", choices=sorted(FAMILIES), default="htdemucs")
     p.add_argument("--songs", type=int, default=60)
     p.add_argument("--seconds", type=float, default=24.0)
     p.add_argument("--data-seed", type=int, default=1)
@@ -69,12 +74,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--min-delta", type=float, default=0.05, help="dB that count as an improvement")
     p.add_argument("--max-minutes", type=float, default=105.0)
     p.add_argument("--work", type=Path, default=Path("runs/base"))
-    p.add_argument("--out", type=Path, default=htdemucs.EMBEDDED)
+    p.add_argument("--out", type=Path, default=None, help="default: the family's embedded asset")
     p.add_argument("--resume", action="store_true",
                    help="continue --work's run from its best weights and curve (use a new --seed and a lower --lr)")
     p.add_argument("--finalize", action="store_true",
                    help="write the asset and card from --work's best checkpoint and curve of an interrupted run")
     args = p.parse_args(argv)
+    family = get_family(args.family)
+    args.out = args.out or family.embedded
+    if args.out is None:
+        raise RankhouseError(f"--family {args.family}: the family has no embedded asset; pass --out PATH.safetensors")
 
     root = embedded_corpus("generic", args.songs, args.seconds, args.data_seed)
     best_path = args.work / "best.safetensors"
@@ -85,7 +94,7 @@ def main(argv: list[str]) -> int:
         curve = json.loads((args.work / "curve.json").read_text())
         minutes = curve[-1]["minutes"] if curve else 0.0
         why = f"interrupted by hand after {minutes:g} min (this session's time), before a plateau"
-        return finalize(args, train_argv, root, curve, why, minutes)
+        return finalize(family, args, train_argv, root, curve, why, minutes)
     cfg = base_config(root, args)
     args.work.mkdir(parents=True, exist_ok=True)
     curve, best, offset = resume_state(args) if args.resume else ([], {"sdr": -float("inf"), "epoch": 0}, {})
@@ -123,7 +132,7 @@ def main(argv: list[str]) -> int:
         return False
 
     loop.train(cfg, report, on_setup=load_best)
-    return finalize(args, train_argv, root, curve, stop_reason["why"], (time.time() - started) / 60)
+    return finalize(family, args, train_argv, root, curve, stop_reason["why"], (time.time() - started) / 60)
 
 
 def resume_state(args) -> tuple[list[dict], dict, dict]:
@@ -135,7 +144,8 @@ def resume_state(args) -> tuple[list[dict], dict, dict]:
     if not curve:
         raise RankhouseError(f"{curve_path}: empty curve; start a fresh run without --resume")
     # curves written before the lr column: the card of the asset built from them has the rate
-    old_lr = json.loads(CARD_JSON.read_text())["training"].get("lr") if CARD_JSON.is_file() else None
+    card_json = cards(args.out)[0]
+    old_lr = json.loads(card_json.read_text())["training"].get("lr") if card_json.is_file() else None
     for c in curve:
         c.setdefault("lr", old_lr)
     top = max(curve, key=lambda c: c["valid_sdr"])
@@ -151,21 +161,22 @@ def resume_state(args) -> tuple[list[dict], dict, dict]:
     return curve, best, {"epoch": last["epoch"], "step": last["step"], "minutes": last["minutes"]}
 
 
-def finalize(args, train_argv: list[str], root: Path, curve: list[dict], stopped_by: str, minutes: float) -> int:
+def finalize(family: Family, args, train_argv: list[str], root: Path, curve: list[dict], stopped_by: str,
+             minutes: float) -> int:
     """Write the best checkpoint as the asset (architecture in its metadata) and its model card."""
     best_path = args.work / "best.safetensors"
     best = max(curve, key=lambda c: c["valid_sdr"]) if curve else {"epoch": None, "step": None}
-    kwargs = dict(htdemucs.EMBEDDED_KWARGS)
-    model = htdemucs.new_model(list(FOUR_STEMS), kwargs)
+    base = family.build_base({"base": "scratch", "base_sources": list(FOUR_STEMS)})
+    model = base.model
     model.load_state_dict(load_file(str(best_path)))
-    sha = htdemucs.save_checkpoint(model, args.out, kwargs)
+    sha = family.save_model(model, args.out, base)
     print("scoring the base on whole valid tracks (generic and tech-house)...", flush=True)
-    generic = score(args.out, root)
-    techhouse = score(args.out, embedded_corpus(**TECHHOUSE))
+    generic = score(family, args.out, root)
+    techhouse = score(family, args.out, embedded_corpus(**TECHHOUSE))
     card = {
         "file": args.out.name, "sha256": sha, "bytes": args.out.stat().st_size,
-        "architecture": {"class": "demucs.htdemucs.HTDemucs", "sources": list(FOUR_STEMS), "kwargs": kwargs,
-                         "parameters": sum(p.numel() for p in model.parameters())},
+        "architecture": {"class": f"{type(model).__module__}.{type(model).__qualname__}", "sources": list(FOUR_STEMS),
+                         "kwargs": base.config["kwargs"], "parameters": sum(p.numel() for p in model.parameters())},
         "data": {"preset": "generic", "songs": args.songs, "seconds": args.seconds, "seed": args.data_seed,
                  "sources": FOUR_STEMS},
         "training": {"optimizer": "AdamW", "lr_stages": lr_stages(curve), "batch_size": args.batch_size, "segment_s": 3.0,
@@ -178,9 +189,10 @@ def finalize(args, train_argv: list[str], root: Path, curve: list[dict], stopped
         "nsdr": {"generic_valid": generic, "techhouse_valid": techhouse},
         "commands": commands(args, train_argv),
     }
-    if args.out == htdemucs.EMBEDDED:
-        CARD_JSON.write_text(json.dumps(card, indent=1))
-        CARD_MD.write_text(model_card_markdown(card))
+    if args.out == family.embedded:
+        card_json, card_md = cards(args.out)
+        card_json.write_text(json.dumps(card, indent=1))
+        card_md.write_text(model_card_markdown(card))
     print(json.dumps({k: card[k] for k in ("sha256", "bytes", "nsdr")}, indent=1))
     return 0
 
@@ -199,9 +211,10 @@ def lr_stages(curve: list[dict]) -> list[dict]:
 def commands(args, train_argv: list[str]) -> list[str]:
     """The commands that rebuild the asset: a resumed run keeps the earlier stages' commands."""
     this = " ".join(["python -m platform.base", *train_argv])
-    if not args.resume or not CARD_JSON.is_file():
+    card_json = cards(args.out)[0]
+    if not args.resume or not card_json.is_file():
         return [this]
-    old = json.loads(CARD_JSON.read_text())
+    old = json.loads(card_json.read_text())
     return [*old.get("commands", [old["command"]] if "command" in old else []), this]
 
 
@@ -211,10 +224,10 @@ def model_card_markdown(card: dict) -> str:
                      for c in card["valid_curve"])
     stages = "; ".join(f"lr {s['lr']:g} for epochs {s['first_epoch']}-{s['last_epoch']}" for s in t["lr_stages"])
     per = lambda m: ", ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in m.items() if k.startswith("valid/sdr/"))
-    return f"""# Embedded base: small 4-stem HT-Demucs
+    return f"""# Embedded base: small 4-stem {card['architecture']['class'].rsplit('.', 1)[-1]}
 
 - file: `{card['file']}` ({card['bytes']} bytes), sha256 `{card['sha256']}`
-- architecture: `demucs.htdemucs.HTDemucs`, sources {card['architecture']['sources']},
+- architecture: `{card['architecture']['class']}`, sources {card['architecture']['sources']},
   {card['architecture']['parameters']} parameters, kwargs `{json.dumps(card['architecture']['kwargs'])}`
 - data: rendered `{card['data']['preset']}` preset, {card['data']['songs']} songs x {card['data']['seconds']} s,
   seed {card['data']['seed']}; drums = kick + hihat

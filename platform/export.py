@@ -49,29 +49,35 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="rankhouse-export-") as tmp:
         folder, _ = models.fetch(args.model, Path(tmp) / "adapter", args.tracking_uri)
         loaded = bundle.load(folder, args.base)
+    write_merged(loaded, args.merged, args.tolerance)
+    return 0
+
+
+def write_merged(loaded: bundle.Loaded, out: Path, tolerance: float = 1e-4) -> str:
+    """Merge, save through the family, reload through its loader, compare; write ``out`` only if
+    the reloaded model matches the adapter model. Returns the file's sha256."""
     m = loaded.manifest
     family = get_family(m["family"])
     merged = copy.deepcopy(loaded.model).merge_and_unload().eval()
     x = test_input(m)
     with torch.no_grad():
         expected = loaded.model(x)
-    args.merged.parent.mkdir(parents=True, exist_ok=True)
-    tmp_file = args.merged.with_name(f".{args.merged.name}.tmp-{os.getpid()}.safetensors")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_file = out.with_name(f".{out.name}.tmp-{os.getpid()}.safetensors")
     try:
         sha = family.save_model(merged, tmp_file, loaded.base)
         reloaded = family.build_base({**m["model"], "base": str(tmp_file)}).model.eval()
         with torch.no_grad():
             diff = float((reloaded(x) - expected).abs().max())
-        if not diff <= args.tolerance:
-            raise RankhouseError(f"--merged {args.merged}: the merged model differs from the adapter model by "
-                                 f"{diff:.2e} (> {args.tolerance:g}); nothing written")
-        os.replace(tmp_file, args.merged)
+        if not diff <= tolerance:
+            raise RankhouseError(f"--merged {out}: the merged model differs from the adapter model by "
+                                 f"{diff:.2e} (> {tolerance:g}); nothing written")
+        os.replace(tmp_file, out)
     finally:
         tmp_file.unlink(missing_ok=True)
-    print(f"merged: {args.merged} ({args.merged.stat().st_size} bytes, sha256 {sha[:12]}); max |merged - adapter| = {diff:.2e} "
-          f"on a {x.shape[-1] / m['samplerate']:g}-s test input (tolerance {args.tolerance:g})")
-    return 0
-
+    print(f"merged: {out} ({out.stat().st_size} bytes, sha256 {sha[:12]}); max |merged - adapter| = {diff:.2e} "
+          f"on a {x.shape[-1] / m['samplerate']:g}-s test input (tolerance {tolerance:g})")
+    return sha
 
 if __name__ == "__main__":
     run(main)

@@ -47,8 +47,10 @@ def resolve_data(study: Study) -> dict:
     if d["cache_dir"]:
         d["cache_dir"] = str(Path(d["cache_dir"]).expanduser().resolve())
     base = str(cfg["model"]["base"])
-    if base.endswith((".safetensors", ".th")) or "/" in base:
+    if Path(base).suffix or "/" in base:  # a checkpoint file (names like htdemucs_ft have no suffix)
         cfg["model"]["base"] = str(Path(base).expanduser().resolve())
+    if cfg["model"]["config"]:
+        cfg["model"]["config"] = str(Path(cfg["model"]["config"]).expanduser().resolve())
     unknown = sorted(set(d["stems"]) - set(sources))
     if unknown:
         raise study.error(f"data.stems.{unknown[0]}", f"not one of model.sources ({', '.join(sources)})")

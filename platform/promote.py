@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from platform import models, spaces
+from platform import export, models, spaces
 from platform.cli import run
 from platform.corpus import embedded_corpus
 from platform.data import Progress
@@ -305,6 +305,13 @@ def promote(client, study: spaces.Study, name: str, uri: str, args, min_gain: fl
             "rankhouse.champion_sdr": f"{ref_scores['sdr']:.4f}", "rankhouse.compared_with": label,
             "rankhouse.decision": decision,
             **{f"rankhouse.holdout_{k}": f"{v:.4f}" for k, v in cand_scores.items() if k != "sdr"}}
+    if study.config["registry"]["merged"]:
+        # MSST's merge_weights: a model with no LoRA at run time. Written (and checked against
+        # the adapter) before registering, so a failed merge moves no alias
+        merged = output_dir(study) / "merged" / f"{name}-{run_id[:12]}.safetensors"
+        sha = export.write_merged(candidate, merged)
+        tags.update({"rankhouse.merged": str(merged), "rankhouse.merged_sha256": sha})
+        result["merged"] = {"path": str(merged), "sha256": sha}
     version = register(client, name, run_id, tags)
     client.set_tag(run_id, "rankhouse.promotion", f"{decision}; {name} version {version}")
     result.update(decision="promoted", version=version)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from platform import msst
 from trainables.errors import RankhouseError
 
 REQUIRED = object()
@@ -33,7 +34,9 @@ class Optional_:
 
 DEFAULTS: dict[str, Any] = {
     "study": REQUIRED,
-    "model": {"family": "htdemucs", "base": "embedded", "sources": REQUIRED, "parents": FREE},
+    # config: the architecture file of a checkpoint that does not carry its own (MSST's YAML)
+    "model": {"family": "htdemucs", "base": "embedded", "config": Optional_(str), "sources": REQUIRED,
+              "parents": FREE},
     "data": {
         "root": "embedded",
         "embedded": {"preset": "techhouse", "songs": 24, "seconds": 20.0, "seed": 0, "valid": Optional_(int)},
@@ -61,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "run": {"storage_path": Optional_(str)},
     "registry": {
         "model_name": Optional_(str),
+        "merged": False,  # also write the new champion merged into its base (MSST's merge_weights)
         "min_gain": 0.0,  # dB of holdout SDR a candidate must gain over the champion
         # tracks no trial trained or was selected on; root null: the study's own data (its valid
         # split, which the search selected on: biased, so promote warns)
@@ -325,7 +329,7 @@ def _param(file: Path, config: dict, key: str, spec: Any, earlier: dict[str, Par
 
 def load(file: Path | str, overrides: list[str] = ()) -> Study:
     file = Path(file)
-    raw = _compose(file, overrides)
+    raw = msst.translate(file, _compose(file, overrides))
     config = _check(file, raw, DEFAULTS, "")
     study = config["study"]
     if not isinstance(study, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study):

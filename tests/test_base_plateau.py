@@ -12,7 +12,7 @@ from trainables.errors import RankhouseError
 
 
 def args_for(work, **kw):
-    return argparse.Namespace(work=work, min_delta=0.05, lr=2e-4, **kw)
+    return argparse.Namespace(work=work, min_delta=0.05, lr=2e-4, out=work / "asset.safetensors", **kw)
 
 
 def write_run(work, sdrs):

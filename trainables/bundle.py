@@ -29,7 +29,7 @@ def manifest(cfg: dict, setup) -> dict:
     return {
         "format": FORMAT,
         "family": cfg["model"]["family"],
-        "model": {k: cfg["model"].get(k) for k in ("family", "base", "sources", "parents")},
+        "model": {k: cfg["model"].get(k) for k in ("family", "base", "config", "sources", "parents")},
         "sources": {name: list(stems) for name, stems in setup.sources.items()},
         "base": dict(setup.base.identity),
         "samplerate": int(setup.base.samplerate),

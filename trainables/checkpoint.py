@@ -19,6 +19,19 @@ ADAPTER = "adapter"
 MODEL = "model.safetensors"
 
 
+def plain_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as safetensors can write it: tensors that share storage (the RoFormers
+    share one rotary embedding between layers) are written as copies; loading copies the same
+    values back into the shared one."""
+    seen, out = set(), {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        key = (v.untyped_storage().data_ptr(), v.storage_offset())
+        out[k] = v.clone() if key in seen else v.contiguous()
+        seen.add(key)
+    return out
+
+
 def save_weights(model: torch.nn.Module, folder: Path) -> None:
     from peft import PeftModel
 
@@ -28,7 +41,7 @@ def save_weights(model: torch.nn.Module, folder: Path) -> None:
         lora.save(model, folder / ADAPTER)
     else:
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(folder / MODEL))
+        save_file(plain_state(model), str(folder / MODEL))
 
 
 def load_weights(model: torch.nn.Module, folder: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -15,6 +16,7 @@ from trainables.errors import RankhouseError
 # name -> "module:Class"; adding a family adds one line here and nothing in platform/ or loop.py
 FAMILIES = {
     "htdemucs": "trainables.htdemucs:HTDemucsFamily",
+    "bs_roformer": "trainables.bs_roformer:BSRoformerFamily",
 }
 
 
@@ -33,10 +35,12 @@ class Base:
 class Family(ABC):
     name: str
     default_targets: list[str] = ["*"]  # LoRA targets when the config names none
+    embedded: Path | None = None  # the embedded base's asset, built by ``python -m platform.base --family NAME``
 
     @abstractmethod
     def build_base(self, cfg: dict) -> Base:
-        """Build the base from ``cfg['base']``: ``embedded``, a pretrained name, or a checkpoint path."""
+        """Build the base from ``cfg['base']``: ``embedded``, a pretrained name, a checkpoint path,
+        or ``scratch`` (a new model of the embedded architecture with ``cfg['base_sources']``)."""
 
     def adapt_sources(self, base: Base, sources: list[str], parents: dict[str, str]) -> tuple[nn.Module, list[str]]:
         """A model for ``sources`` and the modules to train fully (new output heads), if any."""

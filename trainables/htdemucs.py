@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from trainables.checkpoint import plain_state
 from trainables.errors import RankhouseError
 from trainables.family import Base, Family
 
@@ -56,7 +57,7 @@ def save_checkpoint(model: nn.Module, path: Path, kwargs: dict, extra: dict | No
     """Write a base checkpoint as safetensors, architecture in the metadata; returns its sha256."""
     meta = {"family": "htdemucs", "sources": json.dumps(list(model.sources)), "kwargs": json.dumps(kwargs)}
     meta.update({k: json.dumps(v) for k, v in (extra or {}).items()})
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = plain_state(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -124,6 +125,7 @@ def find_pretrained(name: str) -> Path:
 
 class HTDemucsFamily(Family):
     name = "htdemucs"
+    embedded = EMBEDDED
     # the layers that carry the model: each encoder/decoder's main conv and 1x1 rewrite, and the
     # cross-domain transformer. The DConv residual branches are left out by default: they are
     # bottlenecks of a few channels (a 16-channel layer's branch has 2), so any useful rank

@@ -128,7 +128,8 @@ def adaptable_modules(model: nn.Module, exclude: list[str] = ()) -> dict[str, nn
     for name, module in model.named_modules():
         if not name or not isinstance(module, ADAPTABLE):
             continue
-        if any(name.startswith(a + ".") for a in attn) or name in exclude:
+        # modules_to_save are trained whole: no adapter on them or inside them
+        if any(name.startswith(a + ".") for a in attn) or any(name == e or name.startswith(e + ".") for e in exclude):
             continue
         out[name] = module
     return out

@@ -1,0 +1,332 @@
+"""BS-RoFormer and Mel-Band RoFormer (the ``bs-roformer`` package, the models of ZFTurbo's
+Music-Source-Separation-Training, MSST) as one rankhouse model family.
+
+Bases
+- ``embedded``: a small 4-stem BS-RoFormer trained by ``python -m platform.base --family
+  bs_roformer`` and shipped under ``trainables/assets/``.
+- a rankhouse checkpoint (``.safetensors`` with the architecture in its metadata: the
+  embedded base, ``platform.export --merged`` output).
+- an MSST checkpoint (``.ckpt``/``.pth``/``.pt``, a bare state dict read with
+  ``torch.load(weights_only=True)``) plus ``model.config``: the MSST YAML it was trained with.
+  Its ``model:`` section is the architecture (``num_bands`` means Mel-Band RoFormer, else
+  BS-RoFormer), ``audio.sample_rate`` the rate, ``training.instruments`` /
+  ``target_instrument`` the sources. MSST's code is an older copy of the package, so keys are
+  translated (see ``msst_state``); whatever still differs is an error naming the keys.
+
+The package's forward drops the last partial STFT frame and returns (B, C, T) for one stem; the
+subclasses below return (B, S, C, T) at the input's length, the shape every family's model has.
+
+Loss: the protocol's L1 on waveforms. The package's own loss adds L1 on five multi-resolution
+STFTs; measured here it takes a 4 x 3 s training step of the embedded base from 1.3 s to 3.9 s
+on 2 cores, so it is left out.
+
+Source heads: each stem has its own mask estimator. ``adapt_sources`` builds one per target
+source, a new source's (kick, hihat) as a copy of its parent's (drums), and trains only the
+new ones fully; shared sources keep their exact estimators.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from bs_roformer import BSRoformer, MelBandRoformer
+from bs_roformer.bs_roformer import MaskEstimator as BSMaskEstimator
+from bs_roformer.mel_band_roformer import MaskEstimator as MelMaskEstimator
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from trainables.checkpoint import plain_state
+from trainables.errors import RankhouseError
+from trainables.family import Base, Family
+from trainables.htdemucs import ASSETS, sha256
+
+# the package's attention still enters torch's deprecated sdp_kernel context on every forward:
+# noise in every user's log, about code that is not theirs or ours
+warnings.filterwarnings("ignore", message=r"`torch.backends.cuda.sdp_kernel\(\)` is deprecated", category=FutureWarning)
+
+EMBEDDED = ASSETS / "bs_roformer_embedded.safetensors"
+EMBEDDED_SOURCES = ["drums", "bass", "other", "vocals"]
+EMBEDDED_SAMPLERATE = 22050
+EMBEDDED_SEGMENT = 3.0
+
+
+def _bands(total: int, sizes: list[tuple[int, int]]) -> list[int]:
+    """Band widths (narrow at low frequencies, as in the paper), the last band taking the rest."""
+    widths = [w for w, n in sizes for _ in range(n)]
+    return [*widths, total - sum(widths)]
+
+
+# the embedded base: 2048-point STFT with a 512 hop at 22.05 kHz (1025 bins in 27 bands), width
+# 64, two time+frequency layer pairs, one-layer mask estimators. Measured here: 1.1-1.3 s per
+# 4 x 3 s training step on 2 cores, against 2.7 s for a 1024/256 STFT of the same width.
+EMBEDDED_KWARGS = dict(dim=64, depth=2, stereo=True, num_stems=4, time_transformer_depth=1,
+                       freq_transformer_depth=1, freqs_per_bands=_bands(1025, [(8, 8), (16, 8), (32, 6), (96, 4)]),
+                       dim_head=16, heads=4, num_residual_streams=1, stft_n_fft=2048, stft_hop_length=512,
+                       stft_win_length=2048, mask_estimator_depth=1)
+ARCHS = ("bs_roformer", "mel_band_roformer")
+
+
+class _StemsAtInputLength:
+    """(B, C, T) -> (B, S, C, T) with T kept: the input is padded by one hop so the inverse STFT
+    covers every input sample, and the output is cut back to T."""
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        length = mix.shape[-1]
+        hop = self.stft_kwargs["hop_length"]
+        out = super().forward(F.pad(mix, (0, hop)))
+        if out.ndim == 3:  # one stem
+            out = out.unsqueeze(1)
+        return out[..., :length]
+
+
+class BSRoformerSeparator(_StemsAtInputLength, BSRoformer):
+    pass
+
+
+class MelBandRoformerSeparator(_StemsAtInputLength, MelBandRoformer):
+    pass
+
+
+CLASSES = {"bs_roformer": BSRoformerSeparator, "mel_band_roformer": MelBandRoformerSeparator}
+PACKAGE_CLASSES = {"bs_roformer": BSRoformer, "mel_band_roformer": MelBandRoformer}
+MASK_ESTIMATORS = {"bs_roformer": BSMaskEstimator, "mel_band_roformer": MelMaskEstimator}
+# MSST options that change how the model runs, never its weights or outputs
+RUNTIME_ONLY = {"use_torch_checkpoint", "sage_attention", "flash_attn"}
+
+
+def options(arch: str) -> set[str]:
+    """The constructor options of the package's class for ``arch``."""
+    return set(inspect.signature(PACKAGE_CLASSES[arch].__init__).parameters) - {"self"}
+
+
+def default_of(arch: str, option: str):
+    return inspect.signature(PACKAGE_CLASSES[arch].__init__).parameters[option].default
+
+
+def new_model(arch: str, kwargs: dict) -> nn.Module:
+    """The model of ``arch`` from JSON-able kwargs (lists become the tuples the package wants)."""
+    if arch not in CLASSES:
+        raise RankhouseError(f"bs_roformer: unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items() if k != "mlp_expansion_factor"}
+    kw.setdefault("num_residual_streams", 1)  # MSST's models have no hyper-connections
+    unknown = sorted(set(kw) - options(arch))
+    if unknown:
+        raise RankhouseError(f"bs_roformer: {', '.join(unknown)}: not an option of the bs-roformer package's "
+                             f"{PACKAGE_CLASSES[arch].__name__}; this architecture cannot be built here")
+    with warnings.catch_warnings():  # the package probes its STFT size once with no window
+        warnings.filterwarnings("ignore", message="A window was not provided")
+        model = CLASSES[arch](**kw)
+    factor = kwargs.get("mlp_expansion_factor")
+    if factor is not None and factor != 4:
+        # MSST exposes the mask estimators' hidden width; the package fixes it at 4x dim
+        model.mask_estimators = nn.ModuleList(
+            MASK_ESTIMATORS[arch](dim=kw["dim"], dim_inputs=model.mask_estimators[0].dim_inputs,
+                            depth=kw.get("mask_estimator_depth", default_of(arch, "mask_estimator_depth")),
+                            mlp_expansion_factor=int(factor))
+            for _ in model.mask_estimators)
+    return model
+
+
+def save_checkpoint(model: nn.Module, path: Path, arch: str, kwargs: dict, sources: list[str], samplerate: int,
+                    segment: float) -> str:
+    """A base checkpoint as safetensors, architecture in the metadata; returns its sha256."""
+    meta = {"family": "bs_roformer", "arch": arch, "kwargs": json.dumps(kwargs), "sources": json.dumps(list(sources)),
+            "samplerate": str(samplerate), "segment": str(segment)}
+    state = plain_state(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return sha256(path)
+
+
+def load_safetensors(path: Path) -> tuple[nn.Module, dict]:
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("family") != "bs_roformer":
+            raise ValueError(f"metadata names family {meta.get('family')!r}")
+        info = {"arch": meta["arch"], "kwargs": json.loads(meta["kwargs"]), "sources": json.loads(meta["sources"]),
+                "samplerate": int(meta["samplerate"]), "segment": float(meta["segment"])}
+        model = new_model(info["arch"], info["kwargs"])
+        model.load_state_dict(load_file(str(path)))
+    except RankhouseError:
+        raise
+    except Exception as exc:  # corrupt file, missing metadata, weights of another architecture
+        raise RankhouseError(f"{path}: not a rankhouse BS-RoFormer checkpoint ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); write one with "
+                             "python -m platform.base --family bs_roformer") from None
+    return model, info
+
+
+def read_msst_config(path: Path) -> dict:
+    """Architecture, rate, segment and sources from an MSST training config."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):  # MSST writes band widths as !!python/tuple: read them as lists
+        pass
+
+    Loader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node))
+    if not path.is_file():
+        raise RankhouseError(f"model.config: {path}: no such file (the MSST config YAML of the checkpoint)")
+    try:
+        raw = yaml.load(path.read_text(), Loader=Loader) or {}
+    except yaml.YAMLError as exc:
+        raise RankhouseError(f"model.config: {path}: not YAML ({str(exc).splitlines()[0]})") from None
+    sections = [raw.get(k) if isinstance(raw, dict) else None for k in ("model", "audio", "training")]
+    if not all(isinstance(x, dict) for x in sections) or "sample_rate" not in sections[1] or \
+            not isinstance(sections[2].get("instruments"), list) or not sections[2]["instruments"]:
+        raise RankhouseError(f"model.config: {path}: expected MSST's model:, audio.sample_rate and "
+                             "training.instruments sections")
+    kwargs, audio, training = dict(sections[0]), sections[1], sections[2]
+    arch = "mel_band_roformer" if "num_bands" in kwargs else "bs_roformer"
+    if arch == "mel_band_roformer":
+        # MSST's Mel-Band RoFormer has no linear-attention blocks unless asked (the package
+        # defaults to one) and no value-residual mixing (the package's is switched off)
+        kwargs.setdefault("linear_transformer_depth", 0)
+        kwargs["add_value_residual"] = False
+    known = options(arch) | {"mlp_expansion_factor"}
+    for key in list(kwargs):
+        # MSST's "off" value of an option the package lacks builds the same model; anything
+        # else the package cannot build is refused by new_model, naming the option
+        if key in RUNTIME_ONLY or (key not in known and kwargs[key] in (0, False, None)):
+            kwargs.pop(key)
+    sources = list(training["instruments"])
+    if training.get("target_instrument"):
+        sources = [training["target_instrument"]]
+    samplerate = int(audio["sample_rate"])
+    segment = float(audio.get("chunk_size", 3 * samplerate)) / samplerate
+    return {"arch": arch, "kwargs": kwargs, "sources": sources, "samplerate": samplerate, "segment": segment}
+
+
+def msst_state(model: nn.Module, state: dict, where: str) -> dict:
+    """MSST's state dict in the package's names.
+
+    MSST's blocks sit directly in their ModuleList; the package wraps each in a hyper-connection
+    (``.branch.``, an identity with one residual stream). The package's BS-RoFormer also has
+    value-residual mixing (``to_value_residual_mix``, not an option) that MSST lacks: its gate
+    is set closed (weight 0, bias -30, so sigmoid < 1e-13), which reproduces MSST's attention
+    within float rounding. Mel-Band RoFormer's is switched off at construction instead."""
+    target = model.state_dict()
+    plain = {k.replace(".branch.", "."): k for k in target}
+    out = {plain.get(k, k): v for k, v in state.items()}
+    for k, v in target.items():
+        if k not in out and ".to_value_residual_mix." in k:
+            out[k] = torch.zeros_like(v) if k.endswith("weight") else torch.full_like(v, -30.0)
+    missing = [k for k in target if k not in out]
+    unexpected = [k for k in out if k not in target]
+    wrong = [k for k in target if k in out and tuple(out[k].shape) != tuple(target[k].shape)]
+    if missing or unexpected or wrong:
+        parts = [f"{name}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                 for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+        raise RankhouseError(f"{where}: does not fit the architecture of model.config ({'; '.join(parts)})")
+    return out
+
+
+def load_msst(path: Path, config: Path) -> tuple[nn.Module, dict]:
+    info = read_msst_config(config)
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise RankhouseError(f"{path}: cannot be read safely as a state dict ({str(exc).splitlines()[0][:200]})") \
+            from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RankhouseError(f"{path}: not a state dict of tensors")
+    if any(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model = new_model(info["arch"], {**info["kwargs"], "num_stems": len(info["sources"])})
+    except RankhouseError:
+        raise
+    except Exception as exc:  # the package's asserts and beartype checks on the architecture
+        raise RankhouseError(f"model.config: {config}: the package cannot build this {info['arch']} "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+    model.load_state_dict(msst_state(model, state, str(path)))
+    return model, info
+
+
+class BSRoformerFamily(Family):
+    name = "bs_roformer"
+    embedded = EMBEDDED
+    # attention (fused qkv and output; Mel-Band RoFormer's linear-attention blocks name them
+    # to_qkv.0 and to_out.1) and feed-forward layers of every time and frequency transformer.
+    # to_gates (dim -> heads) is left out: its min(fan_in, fan_out) is the head count, below
+    # any useful rank; target it explicitly with a rank <= heads.
+    default_targets = ["layers.*.to_qkv*", "layers.*.to_out.*", "layers.*.net.1", "layers.*.net.4"]
+
+    def build_base(self, cfg: dict) -> Base:
+        base = str(cfg.get("base", "embedded"))
+        if base == "scratch":  # a freshly initialised model: what the embedded base is trained from
+            sources = list(cfg.get("base_sources") or EMBEDDED_SOURCES)
+            kwargs = {**EMBEDDED_KWARGS, **dict(cfg.get("kwargs") or {}), "num_stems": len(sources)}
+            info = {"arch": "bs_roformer", "kwargs": kwargs, "sources": sources, "samplerate": EMBEDDED_SAMPLERATE,
+                    "segment": EMBEDDED_SEGMENT}
+            return self._base(new_model("bs_roformer", kwargs), info, {"name": "scratch", "sha256": None})
+        if base == "embedded":
+            if not EMBEDDED.is_file():
+                raise RankhouseError(f"{EMBEDDED}: the embedded base is missing; rebuild it with "
+                                     "python -m platform.base --family bs_roformer")
+            path = EMBEDDED
+        elif base.endswith((".safetensors", ".ckpt", ".pth", ".pt")) or os.sep in base:
+            path = Path(base).expanduser()
+            if not path.is_file():
+                raise RankhouseError(f"model.base: {path}: no such file")
+        else:
+            raise RankhouseError(f"model.base: {base!r}: bs_roformer has no pretrained names; pass 'embedded', "
+                                 "a rankhouse .safetensors checkpoint, or an MSST checkpoint with model.config")
+        if path.suffix == ".safetensors":
+            model, info = load_safetensors(path)
+        else:
+            if not cfg.get("config"):
+                raise RankhouseError(f"model.base: {path} is an MSST checkpoint; set model.config to the MSST "
+                                     "config YAML it was trained with (its model: section is the architecture)")
+            config = Path(str(cfg["config"])).expanduser()
+            model, info = load_msst(path, config)
+            # the config decides sources, their order and the rate: the identity covers both files
+            digest = hashlib.sha256(f"{sha256(path)}:{sha256(config)}".encode()).hexdigest()
+            return self._base(model, info, {"name": base, "sha256": digest, "config": str(config)})
+        return self._base(model, info, {"name": base, "sha256": sha256(path)})
+
+    @staticmethod
+    def _base(model: nn.Module, info: dict, identity: dict) -> Base:
+        model.sources = list(info["sources"])  # as HTDemucs has them: save_model reads the model's own
+        model.eval()
+        return Base(model=model, sources=list(info["sources"]), samplerate=int(info["samplerate"]),
+                    segment=float(info["segment"]), identity=identity, config=info)
+
+    def save_model(self, model: nn.Module, path, base: Base) -> str:
+        c = base.config
+        kwargs = {**c["kwargs"], "num_stems": len(model.sources)}
+        return save_checkpoint(model, Path(path), c["arch"], kwargs, model.sources, c["samplerate"], c["segment"])
+
+    def adapt_sources(self, base: Base, sources: list[str], parents: dict[str, str]) -> tuple[nn.Module, list[str]]:
+        sources = list(sources)
+        if sources == base.sources:
+            return base.model, []
+        origin = []
+        for s in sources:
+            parent = s if s in base.sources else parents.get(s)
+            if parent is None:
+                raise RankhouseError(f"model.sources: {s!r} is not a source of the base ({', '.join(base.sources)}) "
+                                     f"and has no parent; add model.parents.{s}: <one of {', '.join(base.sources)}>")
+            if parent not in base.sources:
+                raise RankhouseError(f"model.parents.{s}: {parent!r} is not a source of the base "
+                                     f"({', '.join(base.sources)})")
+            origin.append(base.sources.index(parent))
+        model = copy.deepcopy(base.model)
+        model.mask_estimators = nn.ModuleList(copy.deepcopy(base.model.mask_estimators[i]) for i in origin)
+        model.num_stems, model.sources = len(sources), sources
+        model.eval()
+        return model, [f"mask_estimators.{i}" for i, s in enumerate(sources) if s not in base.sources]
