@@ -71,6 +71,7 @@ def widest_lora(study: Study) -> dict:
             spec["rank"] = max(values)
         elif p.path[:2] == ("lora", "layer_ranks") and len(p.path) == 3:
             spec["layer_ranks"][p.path[2]] = max(values)
+            spec["rank_mode"] = "custom"  # searched per-layer ranks only run under custom (spaces checks)
     return spec
 
 
@@ -86,9 +87,15 @@ def prepare(study: Study) -> Prepared:
     base = setup.base
     try:  # the largest adapter any trial could ask for, built once for real
         lora.apply(copy.deepcopy(setup.model), lora.LoraSpec.from_config(widest_lora(study)), setup.modules_to_save,
-                   setup.family.default_targets)
+                   setup.family.default_targets, setup.family.rank_scales)
     except RankhouseError as exc:
         raise in_file(study, "lora", exc) from None
+    budget = cfg["budget"]["max_trainable_params"]
+    modules = dict(setup.model.named_modules())
+    heads = sum(p.numel() for h in setup.modules_to_save for p in modules[h].parameters())
+    if budget is not None and heads > budget:  # the heads train fully: no sample could fit
+        raise study.error("budget.max_trainable_params", f"{budget} is below the {heads} parameters of the rebuilt "
+                          "output heads alone (modules_to_save, trained fully); no configuration can fit")
     cfg["data"]["cache"] = {}
     for split in ("train", "valid"):
         path = stem_cache.build(root, split, stems_of(sources), base.samplerate, cfg["data"]["cache_dir"],

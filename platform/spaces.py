@@ -47,9 +47,12 @@ DEFAULTS: dict[str, Any] = {
     },
     "train": {"epochs": 4, "steps_per_epoch": 25, "batch_size": 4, "seed": 0, "valid_max_seconds": Optional_(float),
               "augment": True, "bf16": True},
-    "lora": {"rank": 8, "alpha": 16.0, "dropout": 0.0, "scaling": "standard", "targets": Optional_(list), "layer_ranks": FREE},
+    "lora": {"rank": 8, "alpha": 16.0, "dropout": 0.0, "scaling": "standard", "rank_mode": "custom",
+             "targets": Optional_(list), "layer_ranks": FREE},
     "optim": {"lr": 1.0e-3, "schedule": "cosine", "warmup": 0.0, "weight_decay": 0.0, "grad_clip": 0.5},
     "objective": {"metric": "valid/sdr", "mode": "max"},
+    # a sample with more trainable parameters (adapters + rebuilt heads) never runs (platform/budget.py)
+    "budget": {"max_trainable_params": Optional_(int)},
     "search": {
         "algorithm": "optuna",
         "num_samples": 8,
@@ -85,6 +88,8 @@ RULES: dict[tuple[str, ...], tuple[Callable[[Any], bool], str]] = {
     ("lora", "alpha"): (lambda v: v > 0, "alpha > 0"),
     ("lora", "dropout"): (lambda v: 0 <= v < 1, "0 <= dropout < 1"),
     ("lora", "scaling"): (lambda v: v in ("standard", "rslora"), "standard (alpha/r) or rslora (alpha/sqrt(r))"),
+    ("lora", "rank_mode"): (lambda v: v in ("custom", "uniform", "heuristic"),
+                            "custom (rank + layer_ranks), uniform (one rank) or heuristic (the family's allocation)"),
     ("lora", "layer_ranks", "*"): (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
                                    "an integer rank >= 0 (0: no adapter)"),
     ("model", "parents", "*"): (lambda v: isinstance(v, str), "a source name of the base"),
@@ -94,6 +99,7 @@ RULES: dict[tuple[str, ...], tuple[Callable[[Any], bool], str]] = {
     ("data", "segment"): (lambda v: v > 0, "seconds > 0"),
     ("data", "tolerance_db"): (lambda v: v > 0, "dB > 0"),
     ("registry", "min_gain"): (lambda v: v >= 0, "dB >= 0"),
+    ("budget", "max_trainable_params"): (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     ("train", "valid_max_seconds"): (lambda v: v is None or v > 0, "null or seconds > 0"),
     ("train", "epochs"): (lambda v: v >= 1, "an integer >= 1"),
     ("train", "steps_per_epoch"): (lambda v: v >= 1, "an integer >= 1"),
@@ -381,7 +387,29 @@ def load(file: Path | str, overrides: list[str] = ()) -> Study:
     params: dict[str, Param] = {}
     for key, spec in config["search"]["space"].items():
         params[key] = _param(file, config, key, spec, params)
+    _check_rank_modes(file, config, params)
     return Study(file, config, list(params.values()))
+
+
+def _check_rank_modes(file: Path, config: dict, params: dict[str, Param]) -> None:
+    """Per-layer ranks are only sampled where ``lora.rank_mode`` is custom (uniform and heuristic
+    set every layer's rank themselves): refuse a space whose trials would fail on it."""
+    mode = next((p for p in params.values() if p.path == ("lora", "rank_mode")), None)
+    modes = mode.spec["values"] if mode else [config["lora"]["rank_mode"]]
+    if config["lora"]["layer_ranks"] and [m for m in modes if m != "custom"]:
+        raise RankhouseError(f"{file}: lora.layer_ranks: rank_mode {' / '.join(m for m in modes if m != 'custom')} "
+                             "sets every layer's rank itself; remove the fixed layer_ranks or use rank_mode: custom")
+    for p in params.values():
+        if p.path[:2] != ("lora", "layer_ranks"):
+            continue
+        modes = p.when.get(mode.key) if mode else None
+        if modes is None:
+            modes = mode.spec["values"] if mode else [config["lora"]["rank_mode"]]
+        if [m for m in modes if m != "custom"]:
+            raise RankhouseError(f"{file}: search.space.{p.key}: per-layer ranks need lora.rank_mode custom; "
+                                 f"add when: {{lora.rank_mode: [custom]}}" if mode else
+                                 f"{file}: search.space.{p.key}: per-layer ranks need lora.rank_mode custom "
+                                 f"(it is {config['lora']['rank_mode']})")
 
 
 def trial_config(study: Study, sampled: dict[str, Any]) -> dict:

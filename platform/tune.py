@@ -320,12 +320,20 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
     resources = ray.cluster_resources()
     limit = concurrency(study, resources.get("CPU", 0), resources.get("GPU", 0),
                         autoscaling=bool(os.environ.get("RAY_ADDRESS")))
-    searcher = OptunaSearch(
+    optuna_args = dict(
         space=spaces.DefineByRun(study.params), metric=metric, mode=mode,
         sampler=optuna.samplers.TPESampler(seed=s["seed"], multivariate=True),
         study_name=optuna_study_name(study, parent_id),
         storage=optuna.storages.RDBStorage(optuna_storage_url(out)),
     )
+    budget = cfg["budget"]["max_trainable_params"]
+    if budget is None:
+        searcher = OptunaSearch(**optuna_args)
+    else:  # over-budget samples are rejected in the driver and never become trials
+        from platform.budget import BudgetedOptunaSearch, ParameterCounter
+
+        counter = ParameterCounter(prepared.config, {p.key: list(p.path) for p in study.params})
+        searcher = BudgetedOptunaSearch(**optuna_args, budget=budget, counter=counter)
     sch = s["scheduler"]
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg["train"]["epochs"],
                                grace_period=sch["grace_period"], reduction_factor=sch["reduction_factor"])
@@ -470,6 +478,10 @@ def print_table(summary: dict) -> None:
                        for k, v in t["config"].items())
         print(f"{t['trial_id'] or '?':<12} {t['status']:<9} {t['epochs']:>3} {best:>10} {per}  {cfg}")
     print("(per-source columns: the trial's last epoch; the objective column: its best epoch)")
+    for r in summary.get("rejected", []):
+        cfg = " ".join(f"{short(k)}={v:.3g}" if isinstance(v, float) else f"{short(k)}={v}"
+                       for k, v in r["params"].items())
+        print(f"rejected before training (optuna trial {r['optuna_trial']}): {r['reason']}  {cfg}")
 
 
 def main(argv: list[str]) -> int:
@@ -507,6 +519,11 @@ def main(argv: list[str]) -> int:
     close_child_runs(study, results, uri, exp_id, parent_id)
     close_optuna_trials(out, study, parent_id)
     summary = summarize(study, results, prepared, uri, experiment, exp_id, parent_id)
+    from platform.budget import rejected  # imports Ray Tune, which run_search has already loaded
+
+    summary["rejected"] = rejected(optuna_storage_url(out), optuna_study_name(study, parent_id))
+    if summary["rejected"]:
+        mlflow.log_metric(parent_id, "rejected_samples", len(summary["rejected"]))
     # plots never fail a search: one that cannot be made is a printed note and a parent-run tag
     plots = report.study_plots(summary, uri, parent_id, optuna_storage_url(out), optuna_study_name(study, parent_id),
                                out / "plots")

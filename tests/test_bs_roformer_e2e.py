@@ -95,7 +95,7 @@ def test_trials_log_sdr_per_source_and_their_rank_maps(study):
 def test_the_adapter_bundle_reloads_and_reproduces_its_score(study):
     import mlflow
 
-    from trainables import bundle, loop
+    from trainables import bundle, loop, tracking
     from trainables.data.cache import StemCache
     from trainables.data.layout import normalize_sources
 
@@ -106,6 +106,10 @@ def test_the_adapter_bundle_reloads_and_reproduces_its_score(study):
     best = summary["trials"][0]
     folder = mlflow.artifacts.download_artifacts(run_id=best["run_id"], artifact_path="adapter",
                                                  tracking_uri=summary["tracking_uri"])
+    # the size each trial logs is its adapter file's (issue 5: every trial logs trainable params and bytes)
+    run = tracking.client(summary["tracking_uri"]).get_run(best["run_id"])
+    assert int(run.data.params["adapter_bytes"]) == (Path(folder) / "adapter_model.safetensors").stat().st_size
+    assert int(run.data.params["trainable_params"]) == loaded_params(Path(folder))
     loaded = bundle.load(Path(folder))
     assert loaded.manifest["family"] == "bs_roformer" and loaded.model.sources == SOURCES
     scores = loop.evaluate(loaded.model, valid, normalize_sources(SOURCES), 22050, 3.0, torch.device("cpu"),
@@ -140,3 +144,10 @@ def test_promotion_beats_the_base_and_writes_the_merged_model_msst_asked_for(stu
     x = 0.1 * torch.randn(1, 2, 22050, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(plain.model(x), adapter(x), atol=1e-4)
+
+
+def loaded_params(folder: Path) -> int:
+    """Parameters in a saved adapter file: the LoRA matrices and the fully trained heads."""
+    from safetensors.torch import load_file
+
+    return sum(t.numel() for t in load_file(str(folder / "adapter_model.safetensors")).values())

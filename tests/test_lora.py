@@ -364,10 +364,10 @@ def test_spec_from_config_normalises():
     assert isinstance(spec.alpha, float)
 
 
-def test_rank_modes_are_not_silently_accepted():
-    """Rank modes are not built yet: a config asking for one is refused, not ignored."""
-    with pytest.raises(RankhouseError, match="rank_mode"):
-        lora.LoraSpec.from_config({"rank": 4, "rank_mode": "heuristic"})
+def test_a_rank_mode_not_built_is_refused_not_ignored():
+    """``gradient`` (adaptive, AdaLoRA-style) is not built yet: asking for it is an error."""
+    with pytest.raises(RankhouseError, match="lora.rank_mode: 'gradient'; expected one of custom, uniform, heuristic"):
+        lora.LoraSpec.from_config({"rank": 4, "rank_mode": "gradient"})
 
 
 # --- MultiheadAttention, scaling -------------------------------------------------------------------

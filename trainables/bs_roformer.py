@@ -32,6 +32,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -305,6 +306,17 @@ class BSRoformerFamily(Family):
         model.eval()
         return Base(model=model, sources=list(info["sources"]), samplerate=int(info["samplerate"]),
                     segment=float(info["segment"]), identity=identity, config=info)
+
+    def rank_scales(self, names: list[str]) -> dict[str, float]:
+        """The heuristic allocation: x2 for the first time+frequency layer pair falling linearly to
+        x1 for the last; attention and feed-forward alike. The mask estimators are never adapted
+        (new sources' estimators train fully)."""
+        depth = 1 + max((int(m.group(1)) for n in names if (m := re.match(r"layers\.(\d+)\.", n))), default=0)
+        scales = {}
+        for n in names:
+            m = re.match(r"layers\.(\d+)\.", n)
+            scales[n] = 2.0 - int(m.group(1)) / max(depth - 1, 1) if m else 1.0
+        return scales
 
     def save_model(self, model: nn.Module, path, base: Base) -> str:
         c = base.config

@@ -48,6 +48,11 @@ class Family(ABC):
             raise RankhouseError(f"model.sources: {self.name} cannot change its sources")
         return base.model, []
 
+    def rank_scales(self, names: list[str]) -> dict[str, float]:
+        """``lora.rank_mode: heuristic``: a rank multiplier per targeted module path, by depth and
+        layer type, documented by the family."""
+        raise RankhouseError(f"lora.rank_mode: heuristic: the {self.name} family documents no rank allocation")
+
     def save_model(self, model: nn.Module, path, base: Base) -> str:
         """Write a whole model (e.g. an adapter merged into its base) as a safetensors checkpoint
         that ``build_base`` accepts as a base; returns its sha256."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -160,6 +161,25 @@ class HTDemucsFamily(Family):
 
     def save_model(self, model: nn.Module, path, base: Base) -> str:
         return save_checkpoint(model, Path(path), base.config["kwargs"])
+
+    def rank_scales(self, names: list[str]) -> dict[str, float]:
+        """The heuristic allocation: x2 for the first encoder of each branch falling linearly to x1
+        for the last, x2 for the cross-domain transformer (where the two branches meet), x1 for
+        the first decoder falling linearly to x0.5 for the last (next to the output heads, which
+        train fully when sources change and are never adapted). Why: the early encoders and
+        the transformer carry the features a new domain re-weights, while the last decoders
+        mostly map features to waveforms/spectrograms."""
+        depth = {kind: 1 + max((int(m.group(2)) for n in names if (m := re.match(rf"({kind})\.(\d+)\.", n))),
+                               default=0) for kind in ("encoder", "tencoder", "decoder", "tdecoder")}
+        scales = {}
+        for n in names:
+            m = re.match(r"(t?encoder|t?decoder)\.(\d+)\.", n)
+            if m:
+                pos = int(m.group(2)) / max(depth[m.group(1)] - 1, 1)  # 0 at the first layer, 1 at the last
+                scales[n] = 2.0 - pos if "encoder" in m.group(1) else 1.0 - 0.5 * pos
+            else:
+                scales[n] = 2.0 if n.startswith("crosstransformer.") else 1.0
+        return scales
 
     @staticmethod
     def heads(model: nn.Module) -> list[str]:

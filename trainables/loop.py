@@ -97,7 +97,8 @@ def build_model(cfg: dict) -> Setup:
         setup.model.requires_grad_(True)
         return setup
     spec = lora.LoraSpec.from_config(cfg["lora"])
-    setup.model, setup.ranks = lora.apply(setup.model, spec, setup.modules_to_save, setup.family.default_targets)
+    setup.model, setup.ranks = lora.apply(setup.model, spec, setup.modules_to_save, setup.family.default_targets,
+                                          setup.family.rank_scales)
     return setup
 
 

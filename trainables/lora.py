@@ -10,6 +10,11 @@
   built-in layers.
 - A rank above a layer's min(fan_in, fan_out) is an error before training.
 - Scaling is explicit: ``standard`` (alpha / r) or ``rslora`` (alpha / sqrt(r)).
+- Rank modes: ``custom`` (``rank`` for every target, ``layer_ranks`` overriding by pattern),
+  ``uniform`` (``rank`` everywhere; ``layer_ranks`` refused) and ``heuristic`` (``rank`` scaled
+  per module by the family's documented ``rank_scales``, rounded half up, at least 1 and at
+  most the layer's min(fan_in, fan_out)). Each resolves to the same explicit rank map, so
+  saving, reloading and logging never depend on the mode.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -32,6 +37,8 @@ from trainables.errors import RankhouseError
 
 ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.MultiheadAttention)
 SCALINGS = ("standard", "rslora")
+RANK_MODES = ("custom", "uniform", "heuristic")
+RankScales = Callable[[list[str]], dict[str, float]]  # targeted module paths -> rank multiplier
 
 
 class LoraConvTranspose(_ConvNd):
@@ -84,12 +91,13 @@ class LoraSpec:
     alpha: float = 16.0
     dropout: float = 0.0
     scaling: str = "standard"
+    rank_mode: str = "custom"
     targets: list[str] | None = None  # None: the family's default targets
     layer_ranks: dict[str, int] = field(default_factory=dict)  # ordered: first match wins
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> "LoraSpec":
-        known = {"rank", "alpha", "dropout", "scaling", "targets", "layer_ranks"}
+        known = {"rank", "alpha", "dropout", "scaling", "rank_mode", "targets", "layer_ranks"}
         unknown = set(cfg) - known
         if unknown:
             raise RankhouseError(f"lora: unknown key(s) {sorted(unknown)}; expected {sorted(known)}")
@@ -99,6 +107,11 @@ class LoraSpec:
         spec.layer_ranks = {str(k): int(v) for k, v in dict(spec.layer_ranks or {}).items()}
         if spec.scaling not in SCALINGS:
             raise RankhouseError(f"lora.scaling: {spec.scaling!r}; expected one of {SCALINGS}")
+        if spec.rank_mode not in RANK_MODES:
+            raise RankhouseError(f"lora.rank_mode: {spec.rank_mode!r}; expected one of {', '.join(RANK_MODES)}")
+        if spec.rank_mode != "custom" and spec.layer_ranks:
+            raise RankhouseError(f"lora.layer_ranks: rank_mode {spec.rank_mode} sets every layer's rank itself; "
+                                 "remove layer_ranks or use rank_mode: custom")
         if int(spec.rank) < 1:
             raise RankhouseError(f"lora.rank: {spec.rank}; expected an integer >= 1")
         if not 0 <= float(spec.dropout) < 1:
@@ -142,7 +155,7 @@ def _no_match(kind: str, pattern: str, names: list[str]) -> RankhouseError:
 
 
 def resolve_ranks(model: nn.Module, spec: LoraSpec, exclude: list[str] = (),
-                  default_targets: list[str] = ("*",)) -> dict[str, int]:
+                  default_targets: list[str] = ("*",), rank_scales: RankScales | None = None) -> dict[str, int]:
     """The explicit {module path: rank} map this spec means for this model (rank 0 entries dropped)."""
     modules = adaptable_modules(model, exclude)
     names = list(modules)
@@ -153,6 +166,14 @@ def resolve_ranks(model: nn.Module, spec: LoraSpec, exclude: list[str] = (),
             raise _no_match("targets", pattern, names)
         targeted += [n for n in hits if n not in targeted]
     ranks = {n: spec.rank for n in targeted}
+    if spec.rank_mode == "heuristic":
+        if rank_scales is None:
+            raise RankhouseError("lora.rank_mode: heuristic: this model family documents no rank allocation")
+        scales = rank_scales(targeted)
+        # clamped, not refused: the heuristic scales one base rank, so a narrow layer takes what it can
+        # rounded half up (not Python's round-half-even), so x1.5 of rank 5 is 8 as documented
+        return {n: max(1, min(math.floor(spec.rank * scales.get(n, 1.0) + 0.5), min(fan(modules[n]))))
+                for n in targeted}
     for pattern in spec.layer_ranks:
         if not any(fnmatch.fnmatchcase(n, pattern) for n in targeted):
             raise _no_match("layer_ranks", pattern, targeted)
@@ -193,7 +214,7 @@ def lora_config(ranks: dict[str, int], spec: LoraSpec, modules_to_save: list[str
 
 
 def apply(model: nn.Module, spec: LoraSpec, modules_to_save: list[str] = (),
-          default_targets: list[str] = ("*",)) -> tuple[PeftModel, dict[str, int]]:
+          default_targets: list[str] = ("*",), rank_scales: RankScales | None = None) -> tuple[PeftModel, dict[str, int]]:
     """Wrap ``model`` with adapters; only adapter and ``modules_to_save`` parameters train."""
     names = [n for n, _ in model.named_modules()]
     for declared in modules_to_save:
@@ -202,7 +223,7 @@ def apply(model: nn.Module, spec: LoraSpec, modules_to_save: list[str] = (),
         if clash:
             raise RankhouseError(f"modules_to_save: {declared!r} is also the suffix of {clash[0]!r}; PEFT would "
                                  "train both. Declare every module whose name ends the same way")
-    ranks = resolve_ranks(model, spec, list(modules_to_save), default_targets)
+    ranks = resolve_ranks(model, spec, list(modules_to_save), default_targets, rank_scales)
     peft_model = get_peft_model(model, lora_config(ranks, spec, modules_to_save))
     return peft_model, ranks
 

@@ -209,6 +209,8 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
                 "base.sha256": setup.base.identity["sha256"], "modules_to_save": ",".join(setup.modules_to_save),
                 "lora.adapted_modules": len(setup.ranks),
                 "torch_threads": torch.get_num_threads()}
+        with tempfile.TemporaryDirectory() as tmp:  # the adapter's size on disk, as it will be logged
+            info["adapter_bytes"] = (lora.save(setup.model, Path(tmp)) / "adapter_model.safetensors").stat().st_size
         tracking.log_params(mlflow, run_id, {**info, **{f"rank.{m}": r for m, r in setup.ranks.items()}})
         # which process trains (a tag: a retried trial runs in another process); for operators
         # and for the fault-tolerance test that kills it
