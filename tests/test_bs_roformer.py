@@ -251,7 +251,7 @@ def test_an_msst_mel_band_checkpoint_loads_and_separates_identically(mix, tmp_pa
 
 
 def test_an_msst_base_identity_covers_checkpoint_and_config(tmp_path):
-    from trainables.htdemucs import sha256
+    from trainables.checkpoint import sha256
 
     ckpt, config = msst_files(tmp_path, tiny())
     family = get_family("bs_roformer")

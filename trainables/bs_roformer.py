@@ -42,13 +42,13 @@ from bs_roformer import BSRoformer, MelBandRoformer
 from bs_roformer.bs_roformer import MaskEstimator as BSMaskEstimator
 from bs_roformer.mel_band_roformer import MaskEstimator as MelMaskEstimator
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from trainables.checkpoint import plain_state
+from trainables.checkpoint import sha256, write_model
 from trainables.errors import RankhouseError
-from trainables.family import Base, Family
-from trainables.htdemucs import ASSETS, sha256
+from trainables.family import Base, Family, parent_indices
+from trainables.htdemucs import ASSETS
 
 # the package's attention still enters torch's deprecated sdp_kernel context on every forward:
 # noise in every user's log, about code that is not theirs or ours
@@ -142,13 +142,7 @@ def save_checkpoint(model: nn.Module, path: Path, arch: str, kwargs: dict, sourc
     """A base checkpoint as safetensors, architecture in the metadata; returns its sha256."""
     meta = {"family": "bs_roformer", "arch": arch, "kwargs": json.dumps(kwargs), "sources": json.dumps(list(sources)),
             "samplerate": str(samplerate), "segment": str(segment)}
-    state = plain_state(model)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return sha256(path)
+    return write_model(model, path, meta)
 
 
 def load_safetensors(path: Path) -> tuple[nn.Module, dict]:
@@ -327,16 +321,7 @@ class BSRoformerFamily(Family):
         sources = list(sources)
         if sources == base.sources:
             return base.model, []
-        origin = []
-        for s in sources:
-            parent = s if s in base.sources else parents.get(s)
-            if parent is None:
-                raise RankhouseError(f"model.sources: {s!r} is not a source of the base ({', '.join(base.sources)}) "
-                                     f"and has no parent; add model.parents.{s}: <one of {', '.join(base.sources)}>")
-            if parent not in base.sources:
-                raise RankhouseError(f"model.parents.{s}: {parent!r} is not a source of the base "
-                                     f"({', '.join(base.sources)})")
-            origin.append(base.sources.index(parent))
+        origin = parent_indices(base, sources, parents)
         model = copy.deepcopy(base.model)
         model.mask_estimators = nn.ModuleList(copy.deepcopy(base.model.mask_estimators[i]) for i in origin)
         model.num_stems, model.sources = len(sources), sources

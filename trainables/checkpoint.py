@@ -7,7 +7,9 @@ model (``model.safetensors``); the optimizer's tensors (``optimizer.safetensors`
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -30,6 +32,25 @@ def plain_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         out[k] = v.clone() if key in seen else v.contiguous()
         seen.add(key)
     return out
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_model(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -> str:
+    """A whole model as one safetensors file (a family's base checkpoint), written atomically,
+    with what rebuilds it in ``metadata``; returns the file's sha256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(plain_state(model), str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return sha256(path)
 
 
 def save_weights(model: torch.nn.Module, folder: Path) -> None:

@@ -63,6 +63,22 @@ class Family(ABC):
         return (model(mix) - targets).abs().mean()
 
 
+def parent_indices(base: Base, sources: list[str], parents: dict[str, str]) -> list[int]:
+    """For each target source, the index of the base source its head starts from: itself if
+    the base has it, else ``parents[source]``."""
+    origin = []
+    for s in sources:
+        parent = s if s in base.sources else parents.get(s)
+        if parent is None:
+            raise RankhouseError(f"model.sources: {s!r} is not a source of the base ({', '.join(base.sources)}) "
+                                 f"and has no parent; add model.parents.{s}: <one of {', '.join(base.sources)}>")
+        if parent not in base.sources:
+            raise RankhouseError(f"model.parents.{s}: {parent!r} is not a source of the base "
+                                 f"({', '.join(base.sources)})")
+        origin.append(base.sources.index(parent))
+    return origin
+
+
 def get_family(name: str) -> Family:
     if name not in FAMILIES:
         raise RankhouseError(f"model.family: unknown family {name!r}; choose one of {', '.join(sorted(FAMILIES))}")

@@ -13,7 +13,6 @@ fully; shared sources keep their exact weights.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -22,12 +21,12 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from trainables.checkpoint import plain_state
+from trainables.checkpoint import sha256, write_model
 from trainables.errors import RankhouseError
-from trainables.family import Base, Family
+from trainables.family import Base, Family, parent_indices
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 EMBEDDED = ASSETS / "htdemucs_embedded.safetensors"
@@ -40,14 +39,6 @@ EMBEDDED_KWARGS = dict(audio_channels=2, channels=16, depth=4, nfft=4096, sample
 EMBEDDED_SOURCES = ["drums", "bass", "other", "vocals"]
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def new_model(sources: list[str], kwargs: dict) -> nn.Module:
     from demucs.htdemucs import HTDemucs
 
@@ -58,13 +49,7 @@ def save_checkpoint(model: nn.Module, path: Path, kwargs: dict, extra: dict | No
     """Write a base checkpoint as safetensors, architecture in the metadata; returns its sha256."""
     meta = {"family": "htdemucs", "sources": json.dumps(list(model.sources)), "kwargs": json.dumps(kwargs)}
     meta.update({k: json.dumps(v) for k, v in (extra or {}).items()})
-    state = plain_state(model)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return sha256(path)
+    return write_model(model, path, meta)
 
 
 def load_safetensors(path: Path) -> tuple[nn.Module, dict]:
@@ -189,16 +174,7 @@ class HTDemucsFamily(Family):
         sources = list(sources)
         if sources == base.sources:
             return base.model, []
-        origin = []
-        for s in sources:
-            parent = s if s in base.sources else parents.get(s)
-            if parent is None:
-                raise RankhouseError(f"model.sources: {s!r} is not a source of the base ({', '.join(base.sources)}) "
-                                     f"and has no parent; add model.parents.{s}: <one of {', '.join(base.sources)}>")
-            if parent not in base.sources:
-                raise RankhouseError(f"model.parents.{s}: {parent!r} is not a source of the base "
-                                     f"({', '.join(base.sources)})")
-            origin.append(base.sources.index(parent))
+        origin = parent_indices(base, sources, parents)
         model = new_model(sources, base.config["kwargs"])
         old, new = base.model.state_dict(), model.state_dict()
         heads = self.heads(model)
