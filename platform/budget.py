@@ -11,15 +11,15 @@ values it ranks with the worst. Measured with Optuna's TPE on ranks 1-8 where 5-
 budget and the objective rises with the rank: 13 of 40 samples rejected with PRUNED, 34 of 40
 with FAIL. Then the searcher samples again for the same Tune trial, so rejections never take
 a trial slot, a worker or a Train job. A sample the counter cannot build (the trial would fail the same way) is rejected
-with that reason.
+with that reason. The same gate runs without a budget (``budget=None``) when a search samples
+``lora.placement``: a sample that switches every group off cannot be built and never runs.
 """
 
 from __future__ import annotations
 
 import copy
 
-from ray.tune.search.optuna import OptunaSearch
-
+from platform.searcher import BestEpochOptunaSearch
 from trainables.errors import RankhouseError
 
 REJECTED = "rankhouse.rejected"  # Optuna user attribute: why the sample never ran
@@ -45,13 +45,12 @@ class ParameterCounter:
             self._setup = loop.base_model(self.config)
         s = self._setup
         spec = lora.LoraSpec.from_config(merge(self.config, sampled, self.paths)["lora"])
-        model, _ = lora.apply(copy.deepcopy(s.model), spec, s.modules_to_save, s.family.default_targets,
-                              s.family.rank_scales)
+        model, _ = s.family.apply_lora(copy.deepcopy(s.model), spec, s.modules_to_save)
         return lora.trainable_parameters(model)
 
 
-class BudgetedOptunaSearch(OptunaSearch):
-    def __init__(self, *args, budget: int, counter: ParameterCounter, **kwargs):
+class BudgetedOptunaSearch(BestEpochOptunaSearch):
+    def __init__(self, *args, budget: int | None, counter: ParameterCounter, **kwargs):
         super().__init__(*args, **kwargs)
         self.budget, self.counter = budget, counter
 
@@ -68,7 +67,7 @@ class BudgetedOptunaSearch(OptunaSearch):
             except Exception as exc:  # one unbuildable sample must not end the search
                 count, reason = None, f"cannot be built: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             else:
-                if count <= self.budget:
+                if self.budget is None or count <= self.budget:
                     return config
                 smallest = count if smallest is None else min(smallest, count)
                 reason = f"{count} trainable parameters > budget.max_trainable_params = {self.budget}"
@@ -76,7 +75,10 @@ class BudgetedOptunaSearch(OptunaSearch):
             ot_trial.set_user_attr(REJECTED, reason)
             ot_trial.set_user_attr("trainable_params", count)
             self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
-            print(f"budget: sample {ot_trial.number} rejected before training: {reason}", flush=True)
+            print(f"search: sample {ot_trial.number} rejected before training: {reason}", flush=True)
+        if self.budget is None:
+            raise RankhouseError(f"search.space: {MAX_CONSECUTIVE_REJECTIONS} samples in a row could not be built "
+                                 f"(the last: {reason}); narrow the space (e.g. keep one lora.placement group on)")
         raise RankhouseError(f"budget.max_trainable_params: {MAX_CONSECUTIVE_REJECTIONS} samples in a row were "
                              f"rejected (budget {self.budget}, the smallest had {smallest}; the last: {reason}); "
                              "raise the budget or narrow the space's ranks")

@@ -59,8 +59,9 @@ def resolve_data(study: Study) -> dict:
 
 
 def widest_lora(study: Study) -> dict:
-    """The fixed lora section with every searched rank at its largest value and every searched
-    layer_ranks pattern present, so one resolve checks what any trial could ask for."""
+    """The fixed lora section with every searched rank at its largest value, every searched
+    layer_ranks pattern present and every searched placement group on (its name still checked),
+    so one resolve checks what any trial could ask for."""
     spec = copy.deepcopy(study.config["lora"])
     spec["layer_ranks"] = dict(spec.get("layer_ranks") or {})
     for p in study.params:
@@ -72,6 +73,8 @@ def widest_lora(study: Study) -> dict:
         elif p.path[:2] == ("lora", "layer_ranks") and len(p.path) == 3:
             spec["layer_ranks"][p.path[2]] = max(values)
             spec["rank_mode"] = "custom"  # searched per-layer ranks only run under custom (spaces checks)
+        elif p.path[:2] == ("lora", "placement") and len(p.path) == 3:
+            spec["placement"] = {**(spec.get("placement") or {}), p.path[2]: any(values)}  # its group on
     return spec
 
 
@@ -86,8 +89,8 @@ def prepare(study: Study) -> Prepared:
         raise in_file(study, "model", exc) from None
     base = setup.base
     try:  # the largest adapter any trial could ask for, built once for real
-        lora.apply(copy.deepcopy(setup.model), lora.LoraSpec.from_config(widest_lora(study)), setup.modules_to_save,
-                   setup.family.default_targets, setup.family.rank_scales)
+        setup.family.apply_lora(copy.deepcopy(setup.model), lora.LoraSpec.from_config(widest_lora(study)),
+                                setup.modules_to_save)
     except RankhouseError as exc:
         raise in_file(study, "lora", exc) from None
     budget = cfg["budget"]["max_trainable_params"]

@@ -6,7 +6,11 @@ After a search the parent run gets three PNGs under ``plots/`` (also kept in a l
   with the running best, so one sees whether the search was still improving when it stopped;
 - ``sdr_vs_trainable_params.png``: the objective against the adapter's trainable parameters
   (the child runs' ``trainable_params`` param): what a larger rank bought;
-- ``param_importances.png``: Optuna's parameter importances over the study's completed trials.
+- ``param_importances.png``: Optuna's parameter importances over the study's completed trials;
+- ``rank_heatmap.png``: the chosen (best) trial's rank per adapted module, one row per layer
+  kind and one column per depth, so an allocation reads at a glance;
+- ``pareto_front.png`` (multi-objective searches): the primary objective against the second,
+  the non-dominated trials joined as the front.
 
 A plot that cannot be made (too few trials, nothing logged) is skipped with a one-line note and
 a ``rankhouse.plot_skipped.<name>`` tag on the parent run: plots never fail a search.
@@ -27,6 +31,8 @@ ARTIFACT_PATH = "plots"
 HISTORY = "optimization_history"
 PARAMS = "sdr_vs_trainable_params"
 IMPORTANCES = "param_importances"
+HEATMAP = "rank_heatmap"
+PARETO = "pareto_front"
 SKIP_TAG = "rankhouse.plot_skipped."
 STATUS_STYLE = {"FINISHED": ("o", "#4c72b0"), "STOPPED": ("v", "#dd8452"), "FAILED": ("x", "#c44e52")}
 
@@ -48,7 +54,10 @@ def study_plots(summary: dict, uri: str, parent_id: str, optuna_storage_url: str
         HISTORY: lambda path: history_plot(summary, runs(), path),
         PARAMS: lambda path: params_plot(summary, runs(), path),
         IMPORTANCES: lambda path: importances_plot(optuna_storage_url, optuna_study_name, path),
+        HEATMAP: lambda path: heatmap_plot(summary, runs(), path),
     }
+    if "pareto" in summary:
+        makers[PARETO] = lambda path: pareto_plot(summary, path)
     out: dict[str, Path | str] = {}
     for name, make in makers.items():
         path = folder / f"{name}.png"
@@ -212,5 +221,95 @@ def importances_plot(optuna_storage_url: str, optuna_study_name: str, path: Path
     ax.set_title(f"parameter importances over {trials} completed trials", fontsize=10)
     if left_out:
         fig.supxlabel(f"not assessed: {', '.join(left_out)}", fontsize=7)
+    fig.savefig(path, format="png")
+    return path
+
+
+def rank_grid(ranks: dict[str, int]) -> tuple[list[str], list[str], dict[tuple[str, str], int]]:
+    """(rows, columns, {(row, column): rank}): a module path's first numeric part is its depth
+    (the column), the path with that part starred its row: ``encoder.2.conv`` -> row
+    ``encoder.*.conv``, column ``2``. A path without a number is its own row, column ``-``."""
+    import re
+
+    cells: dict[tuple[str, str], int] = {}
+    for name, rank in ranks.items():
+        m = re.match(r"^(.*?)\.(\d+)(\..*)?$", name)
+        row, col = (f"{m.group(1)}.*{m.group(3) or ''}", m.group(2)) if m else (name, "-")
+        cells[(row, col)] = rank
+    rows = list(dict.fromkeys(r for r, _ in cells))
+    cols = sorted({c for _, c in cells}, key=lambda c: (c == "-", int(c) if c.isdigit() else 0))
+    return rows, cols, cells
+
+
+def heatmap_plot(summary: dict, runs: dict, path: Path) -> Path:
+    """The chosen trial's per-module ranks (its ``rank.<module>`` params) as a grid."""
+    import numpy as np
+
+    best = summary.get("best")
+    if not best:
+        raise Skip("no trial produced an adapter")
+    run = runs.get(best["run_id"])
+    params = run.data.params if run is not None else {}
+    ranks = {k.removeprefix("rank."): int(v) for k, v in params.items() if k.startswith("rank.")}
+    if not ranks:
+        raise Skip(f"trial {best['trial_id']} logged no per-module ranks")
+    rows, cols, cells = rank_grid(ranks)
+    grid = np.ma.masked_invalid(np.array([[cells.get((r, c), np.nan) for c in cols] for r in rows], dtype=float))
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(max(6.4, 3.6 + 0.45 * len(cols)), 1.6 + 0.28 * len(rows))
+    ax = fig.add_subplot()
+    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            if (r, c) in cells:
+                value = cells[(r, c)]
+                light = value < (grid.min() + grid.max()) / 2  # dark cells get white text
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=7, color="white" if light else "black")
+    ax.set_xticks(range(len(cols)), cols, fontsize=7)
+    ax.set_xlabel("depth (the module path's first index)", fontsize=8)
+    ax.set_yticks(range(len(rows)), [r if len(r) <= 44 else r[:20] + "…" + r[-23:] for r in rows], fontsize=7)
+    fig.colorbar(image, ax=ax, label="LoRA rank", ticks=MaxNLocator(integer=True))
+    ax.set_title(f"trial {best['trial_id']}: ranks of {len(ranks)} adapted modules\n(sum {sum(ranks.values())}; "
+                 "blank: no adapter)", fontsize=9)
+    fig.savefig(path, format="png")
+    return path
+
+
+def pareto_plot(summary: dict, path: Path) -> Path:
+    """Primary objective against the second for every trial with both; the front joined."""
+    (y_obj, x_obj), more = summary["objectives"][:2], summary["objectives"][2:]
+    points = [(t["objectives"][x_obj["metric"]], t["objectives"][y_obj["metric"]], t) for t in summary["trials"]
+              if _finite(t.get("objectives", {}).get(x_obj["metric"]))
+              and _finite(t.get("objectives", {}).get(y_obj["metric"]))]
+    if not points:
+        raise Skip(f"no trial has both {y_obj['metric']} and {x_obj['metric']}")
+    fig = _figure()
+    ax = fig.add_subplot()
+    for status in sorted({p[2]["status"] for p in points}):
+        marker, color = STATUS_STYLE.get(status, ("s", "0.5"))
+        ax.scatter([p[0] for p in points if p[2]["status"] == status],
+                   [p[1] for p in points if p[2]["status"] == status], marker=marker, color=color,
+                   label=status.lower(), zorder=3)
+    front_ids = {t["run_id"] for t in summary["pareto"]}
+    front = sorted((p for p in points if p[2]["run_id"] in front_ids), key=lambda p: p[0])
+    if front:
+        ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linewidth=1.2, zorder=2,
+                drawstyle="steps-post" if len(more) == 0 else "default")
+        ax.scatter([p[0] for p in front], [p[1] for p in front], s=90, facecolor="none", edgecolor="black",
+                   zorder=4, label=f"Pareto front ({len(front)})")
+    xs = [p[0] for p in points]
+    if min(xs) > 0 and max(xs) / min(xs) > 10:
+        ax.set_xscale("log")
+    if y_obj["metric"] == summary["objective"]["metric"]:
+        _base_line(ax, summary)
+    arrow = {"max": "higher is better", "min": "lower is better"}
+    ax.set_xlabel(f"{x_obj['metric']} ({arrow[x_obj['mode']]})")
+    ax.set_ylabel(f"{y_obj['metric']} ({arrow[y_obj['mode']]})")
+    title = f"{summary['study']}: Pareto front of {len(points)} trials"
+    if more:
+        title += f" (front over {len(summary['objectives'])} objectives; two shown)"
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="best")
     fig.savefig(path, format="png")
     return path

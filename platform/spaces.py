@@ -48,9 +48,13 @@ DEFAULTS: dict[str, Any] = {
     "train": {"epochs": 4, "steps_per_epoch": 25, "batch_size": 4, "seed": 0, "valid_max_seconds": Optional_(float),
               "augment": True, "bf16": True},
     "lora": {"rank": 8, "alpha": 16.0, "dropout": 0.0, "scaling": "standard", "rank_mode": "custom",
-             "targets": Optional_(list), "layer_ranks": FREE},
+             "targets": Optional_(list), "layer_ranks": FREE,
+             # layer group (the family's: HT-Demucs encoder, tencoder, transformer, decoder, tdecoder) -> on/off
+             "placement": FREE},
     "optim": {"lr": 1.0e-3, "schedule": "cosine", "warmup": 0.0, "weight_decay": 0.0, "grad_clip": 0.5},
-    "objective": {"metric": "valid/sdr", "mode": "max"},
+    # one {metric, mode} or a list of them (multi-objective: the first is primary, the rest
+    # ``also``; see objectives())
+    "objective": {"metric": "valid/sdr", "mode": "max", "also": Optional_(list)},
     # a sample with more trainable parameters (adapters + rebuilt heads) never runs (platform/budget.py)
     "budget": {"max_trainable_params": Optional_(int)},
     "search": {
@@ -92,6 +96,7 @@ RULES: dict[tuple[str, ...], tuple[Callable[[Any], bool], str]] = {
                             "custom (rank + layer_ranks), uniform (one rank) or heuristic (the family's allocation)"),
     ("lora", "layer_ranks", "*"): (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
                                    "an integer rank >= 0 (0: no adapter)"),
+    ("lora", "placement", "*"): (lambda v: isinstance(v, bool), "true or false (adapters in this layer group)"),
     ("model", "parents", "*"): (lambda v: isinstance(v, str), "a source name of the base"),
     ("data", "stems", "*"): (lambda v: isinstance(v, str) or (isinstance(v, list) and v and
                                                               all(isinstance(x, str) and x for x in v)),
@@ -105,7 +110,9 @@ RULES: dict[tuple[str, ...], tuple[Callable[[Any], bool], str]] = {
     ("train", "steps_per_epoch"): (lambda v: v >= 1, "an integer >= 1"),
     ("train", "batch_size"): (lambda v: v >= 1, "an integer >= 1"),
 }
-FREE_KEYS = (("lora", "layer_ranks"), ("model", "parents"), ("data", "stems"))
+FREE_KEYS = (("lora", "layer_ranks"), ("lora", "placement"), ("model", "parents"), ("data", "stems"))
+# objectives beyond the epoch metrics: what a trial's adapter costs (constant over its epochs)
+COST_METRICS = ("trainable_params", "adapter_bytes")
 
 
 def _rule(path: tuple[str, ...]):
@@ -336,6 +343,8 @@ def _param(file: Path, config: dict, key: str, spec: Any, earlier: dict[str, Par
 def load(file: Path | str, overrides: list[str] = ()) -> Study:
     file = Path(file)
     raw = msst.translate(file, _compose(file, overrides))
+    if isinstance(raw.get("objective"), list):
+        raw["objective"] = _objective_list(file, raw["objective"])
     config = _check(file, raw, DEFAULTS, "")
     study = config["study"]
     if not isinstance(study, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study):
@@ -343,9 +352,6 @@ def load(file: Path | str, overrides: list[str] = ()) -> Study:
     sources = config["model"]["sources"]
     if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
         raise RankhouseError(f"{file}: model.sources: expected a non-empty list of source names")
-    o = config["objective"]
-    if o["mode"] not in ("max", "min"):
-        raise RankhouseError(f"{file}: objective.mode: {o['mode']!r}; expected max or min")
     s = config["search"]
     if s["algorithm"] != "optuna":
         raise RankhouseError(f"{file}: search.algorithm: {s['algorithm']!r}; expected optuna")
@@ -381,14 +387,52 @@ def load(file: Path | str, overrides: list[str] = ()) -> Study:
         if sch["reduction_factor"] < 2:
             raise RankhouseError(f"{file}: search.scheduler.reduction_factor: {sch['reduction_factor']}; "
                                  "expected an integer >= 2")
-    metrics = {"train/loss", "valid/loss", "valid/sdr", *(f"valid/sdr/{s_}" for s_ in sources)}
-    if o["metric"] not in metrics:
-        raise RankhouseError(f"{file}: objective.metric: {o['metric']!r}; expected one of {', '.join(sorted(metrics))}")
+    _check_objectives(file, config)
     params: dict[str, Param] = {}
     for key, spec in config["search"]["space"].items():
         params[key] = _param(file, config, key, spec, params)
     _check_rank_modes(file, config, params)
     return Study(file, config, list(params.values()))
+
+
+def _objective_list(file: Path, given: list) -> dict:
+    """``objective: [{metric, mode}, ...]`` -> the primary's mapping with the rest under ``also``."""
+    if not given or not all(isinstance(o, dict) for o in given):
+        raise RankhouseError(f"{file}: objective: expected a mapping {{metric, mode}} or a non-empty list of them")
+    for i, o in enumerate(given):
+        unknown = sorted(set(o) - {"metric", "mode"})
+        if unknown:
+            raise RankhouseError(f"{file}: objective[{i}].{unknown[0]}: unknown key; expected metric, mode")
+    first = given[0]
+    return {**first, "also": [{"metric": o.get("metric"), "mode": o.get("mode", "max")} for o in given[1:]] or None}
+
+
+def objectives(config: dict) -> list[tuple[str, str]]:
+    """[(metric, mode), ...]: the primary objective (what ASHA stops on, what ``best`` and
+    promotion rank by) first, then any further ones of a multi-objective search."""
+    o = config["objective"]
+    return [(o["metric"], o["mode"])] + [(a["metric"], a["mode"]) for a in o.get("also") or []]
+
+
+def _check_objectives(file: Path, config: dict) -> None:
+    epoch_metrics = {"train/loss", "valid/loss", "valid/sdr", *(f"valid/sdr/{s}" for s in config["model"]["sources"])}
+    also = config["objective"]["also"] or []
+    if not all(isinstance(a, dict) and set(a) <= {"metric", "mode"} for a in also):
+        raise RankhouseError(f"{file}: objective.also: expected a list of {{metric, mode}} mappings")
+    seen = set()
+    for i, (metric, mode) in enumerate(objectives(config)):
+        where = "objective" if not also else f"objective[{i}]"
+        allowed = epoch_metrics if i == 0 else epoch_metrics | set(COST_METRICS)
+        if metric not in allowed:
+            extra = "; trainable_params and adapter_bytes may be further objectives, not the first" \
+                if metric in COST_METRICS else ""
+            raise RankhouseError(f"{file}: {where}.metric: {metric!r}; expected one of "
+                                 f"{', '.join(sorted(allowed))}{extra}")
+        if mode not in ("max", "min"):
+            raise RankhouseError(f"{file}: {where}.mode: {mode!r}; expected max or min")
+        if metric in seen:
+            raise RankhouseError(f"{file}: {where}.metric: {metric} is already an objective")
+        seen.add(metric)
 
 
 def _check_rank_modes(file: Path, config: dict, params: dict[str, Param]) -> None:

@@ -16,7 +16,7 @@ import sqlite3
 from pathlib import Path
 from typing import Callable
 
-from platform import report, spaces
+from platform import pareto, report, spaces
 from platform.cli import run
 from platform.preflight import prepare
 from trainables import tracking
@@ -309,27 +309,31 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
+    from platform.searcher import BestEpochOptunaSearch
     from trainables.trial import run_trial
 
     launch_ray(out)
     cfg = study.config
-    metric, mode = cfg["objective"]["metric"], cfg["objective"]["mode"]
+    metric, mode = cfg["objective"]["metric"], cfg["objective"]["mode"]  # the primary: ASHA stops on it
+    objs = spaces.objectives(cfg)
     s = cfg["search"]
     resources = ray.cluster_resources()
     limit = concurrency(study, resources.get("CPU", 0), resources.get("GPU", 0),
                         autoscaling=bool(os.environ.get("RAY_ADDRESS")))
     optuna_args = dict(
-        space=spaces.DefineByRun(study.params), metric=metric, mode=mode,
+        space=spaces.DefineByRun(study.params),
+        # several objectives: Optuna's multi-objective TPE over all of them (a Pareto front)
+        metric=[m for m, _ in objs] if len(objs) > 1 else metric,
+        mode=[d for _, d in objs] if len(objs) > 1 else mode,
         sampler=optuna.samplers.TPESampler(seed=s["seed"], multivariate=True),
         study_name=optuna_study_name(study, parent_id),
         storage=optuna.storages.RDBStorage(optuna_storage_url(out)),
     )
     budget = cfg["budget"]["max_trainable_params"]
-    if budget is None:
-        searcher = OptunaSearch(**optuna_args)
-    else:  # over-budget samples are rejected in the driver and never become trials
+    if budget is None and not any(p.path[:2] == ("lora", "placement") for p in study.params):
+        searcher = BestEpochOptunaSearch(**optuna_args)
+    else:  # over-budget (or unbuildable) samples are rejected in the driver and never become trials
         from platform.budget import BudgetedOptunaSearch, ParameterCounter
 
         counter = ParameterCounter(prepared.config, {p.key: list(p.path) for p in study.params})
@@ -379,6 +383,7 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
 
 
 LOST_TAG = "rankhouse.lost"
+PARETO_TAG = "rankhouse.pareto"  # on the child runs of a multi-objective search's front
 
 
 def close_optuna_trials(out: Path, study: spaces.Study, parent_id: str) -> int:
@@ -428,6 +433,7 @@ def summarize(study: spaces.Study, results, prepared, uri: str, experiment: str,
     mlflow = tracking.client(uri)
     configs = {Path(r.path).name.removeprefix("trial_"): dict(r.config) for r in results}
     metric, mode = study.config["objective"]["metric"], study.config["objective"]["mode"]
+    objs = spaces.objectives(study.config)
     status_names = {"KILLED": "STOPPED"}
     trials = []
     for run in tracking.children(mlflow, exp_id, parent_id):
@@ -437,28 +443,53 @@ def summarize(study: spaces.Study, results, prepared, uri: str, experiment: str,
         history = tracking.epochs(mlflow, run.info.run_id, metric)
         values = list(history.values())
         best = (max if mode == "max" else min)(values) if values else None
-        trials.append({
+        params = run.data.params
+        best_epoch = run.data.tags.get("rankhouse.best_epoch")
+        row = {
             "trial_id": tid, "run_id": run.info.run_id,
             "status": status_names.get(run.info.status, run.info.status),
             "config": configs.get(tid, {}),
             "metrics": {k: v for k, v in run.data.metrics.items() if k.startswith(("valid/", "train/"))},
             "best": best, "epochs": len(history),
-            "adapter": f"runs:/{run.info.run_id}/adapter" if run.data.tags.get("rankhouse.best_epoch") else None,
+            "trainable_params": int(params["trainable_params"]) if "trainable_params" in params else None,
+            "adapter_bytes": int(params["adapter_bytes"]) if "adapter_bytes" in params else None,
+            "adapter": f"runs:/{run.info.run_id}/adapter" if best_epoch else None,
             "failure": run.data.tags.get("rankhouse.failure"),
-        })
+        }
+        if len(objs) > 1:  # every objective at the epoch whose adapter the trial kept
+            row["objectives"] = {m: objective_value(mlflow, run.info.run_id, row, m, best_epoch) for m, _ in objs}
+        trials.append(row)
     sign = -1 if mode == "max" else 1
     trials.sort(key=lambda t: (t["best"] is None or not math.isfinite(t["best"]), sign * (t["best"] or 0)))
     best = next((t for t in trials if t["best"] is not None and t["adapter"]), None)
-    return {"study": study.name, "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent_id,
-            "objective": {"metric": metric, "mode": mode}, "base": {"identity": prepared.base_identity,
-                                                                    "metrics": prepared.base_metrics},
-            "trials": trials, "best": best}
+    summary = {"study": study.name, "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent_id,
+               "objective": {"metric": metric, "mode": mode}, "base": {"identity": prepared.base_identity,
+                                                                       "metrics": prepared.base_metrics},
+               "trials": trials, "best": best}
+    if len(objs) > 1:
+        summary["objectives"] = [{"metric": m, "mode": d} for m, d in objs]
+        on_front = set(pareto.front({t["run_id"]: [t["objectives"][m] for m, _ in objs]
+                                     for t in trials if t["adapter"]}, [d for _, d in objs]))
+        summary["pareto"] = [t for t in trials if t["run_id"] in on_front]
+    return summary
+
+
+def objective_value(mlflow, run_id: str, row: dict, metric: str, best_epoch: str | None) -> float | None:
+    """A trial's value of one objective: its cost (constant) or the metric at its best epoch."""
+    if metric in spaces.COST_METRICS:
+        return row[metric]
+    if best_epoch is not None:
+        return tracking.epochs(mlflow, run_id, metric).get(int(best_epoch))
+    return None
 
 
 def short(key: str) -> str:
-    """``lora.layer_ranks."encoder.*"`` -> ``r[encoder.*]``; ``optim.lr`` -> ``lr``."""
+    """``lora.layer_ranks."encoder.*"`` -> ``r[encoder.*]``, ``lora.placement.tencoder`` ->
+    ``placed[tencoder]``, ``optim.lr`` -> ``lr``."""
     parts = spaces.split_key(key)
-    return f"r[{parts[2]}]" if parts[:2] == ("lora", "layer_ranks") else parts[-1]
+    if parts[:2] == ("lora", "layer_ranks"):
+        return f"r[{parts[2]}]"
+    return f"placed[{parts[2]}]" if parts[:2] == ("lora", "placement") else parts[-1]
 
 
 def print_table(summary: dict) -> None:
@@ -482,6 +513,29 @@ def print_table(summary: dict) -> None:
         cfg = " ".join(f"{short(k)}={v:.3g}" if isinstance(v, float) else f"{short(k)}={v}"
                        for k, v in r["params"].items())
         print(f"rejected before training (optuna trial {r['optuna_trial']}): {r['reason']}  {cfg}")
+
+
+def _number(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def print_pareto(summary: dict) -> None:
+    """The non-dominated trials of a multi-objective search, best primary objective first."""
+    if "pareto" not in summary:
+        return
+    objs = summary["objectives"]
+    head = f"{'trial':<12} " + " ".join(f"{o['metric'] + (' ↑' if o['mode'] == 'max' else ' ↓'):>18}" for o in objs)
+    print(f"\nPareto front ({len(summary['pareto'])} of {len(summary['trials'])} trials; "
+          "objectives at each trial's best epoch):")
+    print(head + "  config")
+    print("-" * len(head))
+    for t in summary["pareto"]:
+        cfg = " ".join(f"{short(k)}={v:.3g}" if isinstance(v, float) else f"{short(k)}={v}"
+                       for k, v in t["config"].items())
+        print(f"{t['trial_id'] or '?':<12} " + " ".join(f"{_number(t['objectives'][o['metric']]):>18}" for o in objs)
+              + f"  {cfg}")
 
 
 def main(argv: list[str]) -> int:
@@ -531,8 +585,13 @@ def main(argv: list[str]) -> int:
     if summary["best"]:
         mlflow.set_tag(parent_id, "rankhouse.best_run", summary["best"]["run_id"])
         mlflow.log_metric(parent_id, tracking.key(f"best/{metric}"), summary["best"]["best"])
+    if "pareto" in summary:  # filterable in the MLflow UI: tags.`rankhouse.pareto` = 'true'
+        for t in summary["pareto"]:
+            mlflow.set_tag(t["run_id"], PARETO_TAG, "true")
+        mlflow.log_metric(parent_id, "pareto_size", len(summary["pareto"]))
     mlflow.set_terminated(parent_id, status="FINISHED")
     print_table(summary)
+    print_pareto(summary)
     if summary["best"]:
         b = summary["best"]
         print(f"\nbest: trial {b['trial_id']} {metric} = {b['best']:.3f} "

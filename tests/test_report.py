@@ -30,7 +30,8 @@ def store(tmp_path):
     results = []
     for tid, params, sdrs, end in TRIALS:
         run_id = tracking.child_run(client, exp, parent, STUDY, tid, f"trial_{tid}")
-        tracking.log_params(client, run_id, {"trainable_params": params, "lora.rank": params // 1500})
+        tracking.log_params(client, run_id, {"trainable_params": params, "lora.rank": params // 1500,
+                                             "rank.encoder.0.conv": params // 1500, "rank.encoder.1.conv": 4})
         for epoch, sdr in enumerate(sdrs, 1):
             tracking.log_metrics(client, run_id, {"valid/sdr": sdr, "valid/sdr/kick": sdr + 1}, step=epoch)
         client.set_tag(run_id, "rankhouse.best_epoch", "1")
@@ -65,12 +66,13 @@ def artifacts(client, run_id: str) -> set[str]:
     return {Path(f.path).name for f in client.list_artifacts(run_id, report.ARTIFACT_PATH)}
 
 
-def test_three_plots_are_logged_to_the_parent_run(store, tmp_path):
+def test_four_plots_are_logged_to_the_parent_run(store, tmp_path):
     uri, client, parent, summary = store
     name = tune.optuna_study_name(SimpleNamespace(name=STUDY), parent)
     url = optuna_study(tmp_path, name, trials=24)
     made = report.study_plots(summary, uri, parent, url, name, tmp_path / "plots")
-    assert made == {n: tmp_path / "plots" / f"{n}.png" for n in (report.HISTORY, report.PARAMS, report.IMPORTANCES)}
+    assert made == {n: tmp_path / "plots" / f"{n}.png"
+                    for n in (report.HISTORY, report.PARAMS, report.IMPORTANCES, report.HEATMAP)}
     assert artifacts(client, parent) == {f"{n}.png" for n in made}
     local = Path(client.download_artifacts(parent, report.ARTIFACT_PATH))
     assert all((local / f"{n}.png").read_bytes()[:8] == PNG for n in made)
@@ -107,7 +109,7 @@ def test_one_trial_skips_importances_with_a_reason(store, tmp_path, capsys):
     reason = made[report.IMPORTANCES]
     assert isinstance(reason, str) and "at least 2 completed Optuna trials" in reason and "has 1" in reason
     assert isinstance(made[report.HISTORY], Path) and isinstance(made[report.PARAMS], Path)
-    assert artifacts(client, parent) == {f"{report.HISTORY}.png", f"{report.PARAMS}.png"}
+    assert artifacts(client, parent) == {f"{report.HISTORY}.png", f"{report.PARAMS}.png", f"{report.HEATMAP}.png"}
     assert client.get_run(parent).data.tags[report.SKIP_TAG + report.IMPORTANCES] == reason
     assert f"note: plot {report.IMPORTANCES} skipped: {reason}" in capsys.readouterr().out
 
@@ -130,7 +132,8 @@ def test_nothing_to_plot_is_skipped_never_raised(tmp_path):
     made = report.study_plots(summary, uri, parent, f"sqlite:///{tmp_path / 'optuna.db'}", "missing", tmp_path / "p")
     assert made == {report.HISTORY: "no trial reported valid/sdr",
                     report.PARAMS: "no trial logged both trainable_params and valid/sdr",
-                    report.IMPORTANCES: f"no Optuna study 'missing' in sqlite:///{tmp_path / 'optuna.db'}"}
+                    report.IMPORTANCES: f"no Optuna study 'missing' in sqlite:///{tmp_path / 'optuna.db'}",
+                    report.HEATMAP: "no trial produced an adapter"}
     assert artifacts(client, parent) == set()
     tags = client.get_run(parent).data.tags
     assert {k for k in tags if k.startswith(report.SKIP_TAG)} == {report.SKIP_TAG + n for n in made}

@@ -312,6 +312,15 @@ class BSRoformerFamily(Family):
             scales[n] = 2.0 - int(m.group(1)) / max(depth - 1, 1) if m else 1.0
         return scales
 
+    def layer_groups(self, model: nn.Module) -> dict[str, list[str]]:
+        """Each RoFormer layer is a time transformer then a frequency transformer (BS-RoFormer:
+        ``layers.i.0`` / ``layers.i.1``); Mel-Band RoFormer puts its linear-attention transformer
+        first (``layers.i.0``, absent when linear_transformer_depth is 0), so time and frequency
+        are ``layers.i.1`` / ``layers.i.2`` there."""
+        names = ["linear", "time", "freq"] if len(model.layers[0]) == 3 else ["time", "freq"]
+        # one pattern per layer: a glob's * would also cross the dots into the inner layers' indices
+        return {g: [f"layers.{i}.{j}.*" for i in range(len(model.layers))] for j, g in enumerate(names)}
+
     def save_model(self, model: nn.Module, path, base: Base) -> str:
         c = base.config
         kwargs = {**c["kwargs"], "num_stems": len(model.sources)}

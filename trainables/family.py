@@ -53,6 +53,19 @@ class Family(ABC):
         layer type, documented by the family."""
         raise RankhouseError(f"lora.rank_mode: heuristic: the {self.name} family documents no rank allocation")
 
+    def layer_groups(self, model: nn.Module) -> dict[str, list[str]]:
+        """``lora.placement``: the family's layer groups, each a list of glob patterns over module
+        paths, that placement switches on or off. None documented: placement is refused."""
+        return {}
+
+    def apply_lora(self, model: nn.Module, spec, modules_to_save: list[str] = ()):
+        """``lora.apply`` with this family's default targets, rank allocation and layer groups:
+        the one way the loop, the preflight and the budget counter adapt a model."""
+        from trainables import lora
+
+        return lora.apply(model, spec, modules_to_save, self.default_targets, self.rank_scales,
+                          self.layer_groups(model))
+
     def save_model(self, model: nn.Module, path, base: Base) -> str:
         """Write a whole model (e.g. an adapter merged into its base) as a safetensors checkpoint
         that ``build_base`` accepts as a base; returns its sha256."""

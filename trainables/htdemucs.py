@@ -166,6 +166,12 @@ class HTDemucsFamily(Family):
                 scales[n] = 2.0 if n.startswith("crosstransformer.") else 1.0
         return scales
 
+    def layer_groups(self, model: nn.Module) -> dict[str, list[str]]:
+        """The five branches of HT-Demucs: frequency (spectrogram) and time (waveform) encoders,
+        the cross-domain transformer, frequency and time decoders."""
+        return {"encoder": ["encoder.*"], "tencoder": ["tencoder.*"], "transformer": ["crosstransformer.*"],
+                "decoder": ["decoder.*"], "tdecoder": ["tdecoder.*"]}
+
     @staticmethod
     def heads(model: nn.Module) -> list[str]:
         return [f"decoder.{len(model.decoder) - 1}.conv_tr", f"tdecoder.{len(model.tdecoder) - 1}.conv_tr"]

@@ -97,8 +97,7 @@ def build_model(cfg: dict) -> Setup:
         setup.model.requires_grad_(True)
         return setup
     spec = lora.LoraSpec.from_config(cfg["lora"])
-    setup.model, setup.ranks = lora.apply(setup.model, spec, setup.modules_to_save, setup.family.default_targets,
-                                          setup.family.rank_scales)
+    setup.model, setup.ranks = setup.family.apply_lora(setup.model, spec, setup.modules_to_save)
     return setup
 
 

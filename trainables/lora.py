@@ -15,6 +15,10 @@
   per module by the family's documented ``rank_scales``, rounded half up, at least 1 and at
   most the layer's min(fan_in, fan_out)). Each resolves to the same explicit rank map, so
   saving, reloading and logging never depend on the mode.
+- Placement: ``placement`` switches the family's layer groups (HT-Demucs: frequency/time
+  encoder, transformer, frequency/time decoder) on or off, ``{group: false}`` dropping that
+  group's adapters in every rank mode. Groups not named stay on; a name the family does not
+  document is an error listing the ones it does.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspo
 SCALINGS = ("standard", "rslora")
 RANK_MODES = ("custom", "uniform", "heuristic")
 RankScales = Callable[[list[str]], dict[str, float]]  # targeted module paths -> rank multiplier
+Groups = Mapping[str, list[str]]  # layer group name -> glob patterns over module paths
 
 
 class LoraConvTranspose(_ConvNd):
@@ -94,10 +99,11 @@ class LoraSpec:
     rank_mode: str = "custom"
     targets: list[str] | None = None  # None: the family's default targets
     layer_ranks: dict[str, int] = field(default_factory=dict)  # ordered: first match wins
+    placement: dict[str, bool] = field(default_factory=dict)  # layer group -> adapters on/off (unnamed: on)
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> "LoraSpec":
-        known = {"rank", "alpha", "dropout", "scaling", "rank_mode", "targets", "layer_ranks"}
+        known = {"rank", "alpha", "dropout", "scaling", "rank_mode", "targets", "layer_ranks", "placement"}
         unknown = set(cfg) - known
         if unknown:
             raise RankhouseError(f"lora: unknown key(s) {sorted(unknown)}; expected {sorted(known)}")
@@ -105,6 +111,10 @@ class LoraSpec:
         if spec.targets is not None:
             spec.targets = [spec.targets] if isinstance(spec.targets, str) else list(spec.targets)
         spec.layer_ranks = {str(k): int(v) for k, v in dict(spec.layer_ranks or {}).items()}
+        spec.placement = dict(spec.placement or {})
+        for group, on in spec.placement.items():
+            if not isinstance(on, bool):
+                raise RankhouseError(f"lora.placement.{group}: {on!r}; expected true or false")
         if spec.scaling not in SCALINGS:
             raise RankhouseError(f"lora.scaling: {spec.scaling!r}; expected one of {SCALINGS}")
         if spec.rank_mode not in RANK_MODES:
@@ -154,8 +164,28 @@ def _no_match(kind: str, pattern: str, names: list[str]) -> RankhouseError:
     return RankhouseError(f"lora.{kind}: pattern {pattern!r} matches no adaptable module{hint}")
 
 
+def placed(targeted: list[str], placement: Mapping[str, bool], groups: Groups | None) -> list[str]:
+    """``targeted`` without the modules of the groups ``placement`` switches off."""
+    if not placement:
+        return targeted
+    if not groups:
+        raise RankhouseError("lora.placement: this model family documents no layer groups; remove placement "
+                             "and choose modules with targets")
+    unknown = sorted(set(placement) - set(groups))
+    if unknown:
+        raise RankhouseError(f"lora.placement.{unknown[0]}: not a layer group of this family; "
+                             f"expected one of {', '.join(groups)}")
+    off = [p for g, on in placement.items() if not on for p in groups[g]]
+    kept = [n for n in targeted if not any(fnmatch.fnmatchcase(n, p) for p in off)]
+    if not kept:
+        raise RankhouseError(f"lora.placement: every targeted module is in a group switched off "
+                             f"({', '.join(g for g, on in placement.items() if not on)}); switch one on")
+    return kept
+
+
 def resolve_ranks(model: nn.Module, spec: LoraSpec, exclude: list[str] = (),
-                  default_targets: list[str] = ("*",), rank_scales: RankScales | None = None) -> dict[str, int]:
+                  default_targets: list[str] = ("*",), rank_scales: RankScales | None = None,
+                  groups: Groups | None = None) -> dict[str, int]:
     """The explicit {module path: rank} map this spec means for this model (rank 0 entries dropped)."""
     modules = adaptable_modules(model, exclude)
     names = list(modules)
@@ -165,6 +195,12 @@ def resolve_ranks(model: nn.Module, spec: LoraSpec, exclude: list[str] = (),
         if not hits:
             raise _no_match("targets", pattern, names)
         targeted += [n for n in hits if n not in targeted]
+    # layer_ranks patterns are checked against every target: a pattern of a group placement
+    # switched off in this trial is moot, not wrong
+    for pattern in spec.layer_ranks:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in targeted):
+            raise _no_match("layer_ranks", pattern, targeted)
+    targeted = placed(targeted, spec.placement, groups)
     ranks = {n: spec.rank for n in targeted}
     if spec.rank_mode == "heuristic":
         if rank_scales is None:
@@ -174,9 +210,6 @@ def resolve_ranks(model: nn.Module, spec: LoraSpec, exclude: list[str] = (),
         # rounded half up (not Python's round-half-even), so x1.5 of rank 5 is 8 as documented
         return {n: max(1, min(math.floor(spec.rank * scales.get(n, 1.0) + 0.5), min(fan(modules[n]))))
                 for n in targeted}
-    for pattern in spec.layer_ranks:
-        if not any(fnmatch.fnmatchcase(n, pattern) for n in targeted):
-            raise _no_match("layer_ranks", pattern, targeted)
     for n in targeted:
         for pattern, r in spec.layer_ranks.items():
             if fnmatch.fnmatchcase(n, pattern):
@@ -214,7 +247,8 @@ def lora_config(ranks: dict[str, int], spec: LoraSpec, modules_to_save: list[str
 
 
 def apply(model: nn.Module, spec: LoraSpec, modules_to_save: list[str] = (),
-          default_targets: list[str] = ("*",), rank_scales: RankScales | None = None) -> tuple[PeftModel, dict[str, int]]:
+          default_targets: list[str] = ("*",), rank_scales: RankScales | None = None,
+          groups: Groups | None = None) -> tuple[PeftModel, dict[str, int]]:
     """Wrap ``model`` with adapters; only adapter and ``modules_to_save`` parameters train."""
     names = [n for n, _ in model.named_modules()]
     for declared in modules_to_save:
@@ -223,7 +257,7 @@ def apply(model: nn.Module, spec: LoraSpec, modules_to_save: list[str] = (),
         if clash:
             raise RankhouseError(f"modules_to_save: {declared!r} is also the suffix of {clash[0]!r}; PEFT would "
                                  "train both. Declare every module whose name ends the same way")
-    ranks = resolve_ranks(model, spec, list(modules_to_save), default_targets, rank_scales)
+    ranks = resolve_ranks(model, spec, list(modules_to_save), default_targets, rank_scales, groups)
     peft_model = get_peft_model(model, lora_config(ranks, spec, modules_to_save))
     return peft_model, ranks
 

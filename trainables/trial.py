@@ -180,6 +180,7 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
     logged = list(tracking.epochs(mlflow, run_id, metric).values()) if rank0 else []
     best = {"value": (max if mode == "max" else min)(logged) if logged else None}
     setups: list[loop.Setup] = []  # kept by ``describe``: the preview needs the model and the valid split
+    costs: dict[str, int] = {}  # trainable_params, adapter_bytes: filled by ``describe``
     # ``loop.train`` unless the search passed another function of the same signature
     # (benchmarks/scheduling.py measures the platform's bookkeeping around a trivial one)
     train = config.get("train_fn") or loop.train
@@ -196,7 +197,8 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
                 mlflow.set_tag(run_id, "rankhouse.best_epoch", str(metrics["epoch"]))
                 if setups:  # a training function that describes no model has nothing to listen to
                     log_preview(mlflow, run_id, setups[-1], metrics, device)
-        ray_report(metrics, checkpoint=checkpoint_cls.from_directory(str(folder)) if rank0 else None)
+        # what the adapter costs rides along every report: a multi-objective search may minimise it
+        ray_report({**metrics, **costs}, checkpoint=checkpoint_cls.from_directory(str(folder)) if rank0 else None)
 
     def describe(setup: loop.Setup) -> None:
         setups.append(setup)
@@ -211,6 +213,7 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
                 "torch_threads": torch.get_num_threads()}
         with tempfile.TemporaryDirectory() as tmp:  # the adapter's size on disk, as it will be logged
             info["adapter_bytes"] = (lora.save(setup.model, Path(tmp)) / "adapter_model.safetensors").stat().st_size
+        costs.update(trainable_params=info["trainable_params"], adapter_bytes=info["adapter_bytes"])
         tracking.log_params(mlflow, run_id, {**info, **{f"rank.{m}": r for m, r in setup.ranks.items()}})
         # which process trains (a tag: a retried trial runs in another process); for operators
         # and for the fault-tolerance test that kills it

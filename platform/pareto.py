@@ -1,0 +1,22 @@
+"""The Pareto front of a multi-objective search: the trials no other trial beats on every objective."""
+
+from __future__ import annotations
+
+import math
+from typing import Hashable, Sequence
+
+
+def dominates(a: Sequence[float], b: Sequence[float], modes: Sequence[str]) -> bool:
+    """``a`` is at least as good as ``b`` on every objective and better on one."""
+    better = [x > y if m == "max" else x < y for x, y, m in zip(a, b, modes)]
+    worse = [x < y if m == "max" else x > y for x, y, m in zip(a, b, modes)]
+    return any(better) and not any(worse)
+
+
+def front(points: dict[Hashable, Sequence[float]], modes: Sequence[str]) -> list[Hashable]:
+    """The keys of the non-dominated points (every value finite), best primary objective first.
+    Two trials with equal values are both on the front."""
+    finite = {k: v for k, v in points.items() if len(v) == len(modes) and all(
+        isinstance(x, (int, float)) and math.isfinite(x) for x in v)}
+    kept = [k for k, v in finite.items() if not any(dominates(w, v, modes) for w in finite.values())]
+    return sorted(kept, key=lambda k: tuple(-x if m == "max" else x for x, m in zip(finite[k], modes)))
