@@ -2,7 +2,8 @@
 
 The searcher counts the trainable parameters a sample would have (adapters plus the rebuilt
 heads, ``modules_to_save``, which train fully) on the study's own base, in the driver, by
-applying PEFT to a copy: the count is exactly the trial's. An over-budget sample is rejected,
+applying PEFT to a copy: the count is exactly the trial's (for ``rank_mode: gradient``, the
+most its reallocated adapter can hold: ``rank`` everywhere). An over-budget sample is rejected,
 not scaled to fit: a scaled allocation would train a configuration Optuna never proposed.
 The rejection is told to Optuna as a PRUNED trial with no value, its reason and count as user
 attributes (rows of the search summary). PRUNED, not FAIL: TPE ignores FAIL trials, so the
@@ -46,6 +47,11 @@ class ParameterCounter:
         s = self._setup
         spec = lora.LoraSpec.from_config(merge(self.config, sampled, self.paths)["lora"])
         model, _ = s.family.apply_lora(copy.deepcopy(s.model), spec, s.modules_to_save)
+        if spec.rank_mode == "gradient":  # its warm-up is wider; what it keeps is at most rank everywhere
+            from trainables import realloc
+
+            adapters = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "lora_" in n)
+            return lora.trainable_parameters(model) - adapters + realloc.uniform_budget(model, spec.rank)
         return lora.trainable_parameters(model)
 
 

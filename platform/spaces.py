@@ -50,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "lora": {"rank": 8, "alpha": 16.0, "dropout": 0.0, "scaling": "standard", "rank_mode": "custom",
              "targets": Optional_(list), "layer_ranks": FREE,
              # layer group (the family's: HT-Demucs encoder, tencoder, transformer, decoder, tdecoder) -> on/off
-             "placement": FREE},
+             "placement": FREE, "gradient_init_scale": 2.0, "gradient_at": 0.5},
     "optim": {"lr": 1.0e-3, "schedule": "cosine", "warmup": 0.0, "weight_decay": 0.0, "grad_clip": 0.5},
     # one {metric, mode} or a list of them (multi-objective: the first is primary, the rest
     # ``also``; see objectives())
@@ -92,8 +92,11 @@ RULES: dict[tuple[str, ...], tuple[Callable[[Any], bool], str]] = {
     ("lora", "alpha"): (lambda v: v > 0, "alpha > 0"),
     ("lora", "dropout"): (lambda v: 0 <= v < 1, "0 <= dropout < 1"),
     ("lora", "scaling"): (lambda v: v in ("standard", "rslora"), "standard (alpha/r) or rslora (alpha/sqrt(r))"),
-    ("lora", "rank_mode"): (lambda v: v in ("custom", "uniform", "heuristic"),
-                            "custom (rank + layer_ranks), uniform (one rank) or heuristic (the family's allocation)"),
+    ("lora", "rank_mode"): (lambda v: v in ("custom", "uniform", "heuristic", "gradient"),
+                            "custom (rank + layer_ranks), uniform (one rank), heuristic (the family's allocation) "
+                            "or gradient (reallocated after a warm-up)"),
+    ("lora", "gradient_init_scale"): (lambda v: v >= 1, ">= 1 (starting ranks, x rank)"),
+    ("lora", "gradient_at"): (lambda v: 0 < v <= 1, "0 < gradient_at <= 1 (a fraction of the first epoch)"),
     ("lora", "layer_ranks", "*"): (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
                                    "an integer rank >= 0 (0: no adapter)"),
     ("lora", "placement", "*"): (lambda v: isinstance(v, bool), "true or false (adapters in this layer group)"),

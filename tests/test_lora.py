@@ -364,10 +364,10 @@ def test_spec_from_config_normalises():
     assert isinstance(spec.alpha, float)
 
 
-def test_a_rank_mode_not_built_is_refused_not_ignored():
-    """``gradient`` (adaptive, AdaLoRA-style) is not built yet: asking for it is an error."""
-    with pytest.raises(RankhouseError, match="lora.rank_mode: 'gradient'; expected one of custom, uniform, heuristic"):
-        lora.LoraSpec.from_config({"rank": 4, "rank_mode": "gradient"})
+def test_an_unknown_rank_mode_is_refused_not_ignored():
+    with pytest.raises(RankhouseError, match="lora.rank_mode: 'adalora'; expected one of custom, uniform, heuristic, "
+                                             "gradient"):
+        lora.LoraSpec.from_config({"rank": 4, "rank_mode": "adalora"})
 
 
 # --- MultiheadAttention, scaling -------------------------------------------------------------------

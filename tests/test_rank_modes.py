@@ -34,7 +34,7 @@ def test_uniform_and_heuristic_refuse_layer_ranks():
     for mode in ("uniform", "heuristic"):
         with pytest.raises(RankhouseError, match=f"rank_mode {mode} sets every layer's rank itself"):
             lora.LoraSpec.from_config({"rank_mode": mode, "layer_ranks": {"encoder.*": 4}})
-    with pytest.raises(RankhouseError, match="lora.rank_mode: 'adaptive'; expected one of custom, uniform, heuristic"):
+    with pytest.raises(RankhouseError, match="lora.rank_mode: 'adaptive'; expected one of custom, uniform, heuristic, gradient"):
         lora.LoraSpec.from_config({"rank_mode": "adaptive"})
 
 
@@ -71,7 +71,7 @@ def test_roformer_heuristic_falls_with_depth():
     assert by_layer == {0: {8}, 1: {6}, 2: {4}}
 
 
-@pytest.mark.parametrize("mode", ["uniform", "heuristic", "custom"])
+@pytest.mark.parametrize("mode", ["uniform", "heuristic", "custom", "gradient"])
 def test_every_mode_keeps_step0_and_trains_only_adapters_and_new_heads(mode, make_tiny, tiny_kwargs, tiny_mix):
     from trainables.family import Base
 
@@ -85,6 +85,13 @@ def test_every_mode_keeps_step0_and_trains_only_adapters_and_new_heads(mode, mak
     adapted, ranks = lora.apply(copy.deepcopy(model), spec, heads, HTDEMUCS.default_targets, HTDEMUCS.rank_scales)
     with torch.no_grad():
         assert torch.equal(adapted(tiny_mix), expected)
+    if mode == "gradient":  # reallocated at step 0 (B still zero): still the base, heads still trained
+        from trainables import realloc
+
+        ranks = realloc.allocate(realloc.importances(adapted), realloc.uniform_budget(adapted, 4))
+        realloc.reshape(adapted, ranks)
+        with torch.no_grad():
+            assert torch.equal(adapted(tiny_mix), expected)
     trainable = {n for n, p in adapted.named_parameters() if p.requires_grad}
     assert all("lora_" in n or "modules_to_save" in n for n in trainable)
     trained_heads = {n.split(".modules_to_save")[0].removeprefix("base_model.model.") for n in trainable

@@ -97,13 +97,16 @@ def _optimizer_join(tensors: dict[str, torch.Tensor], plain: dict) -> dict:
 
 
 def save(folder: Path, optimizer, scheduler, epoch: int, step: int, sampler_state: dict | None,
-         metrics: dict) -> None:
+         metrics: dict, ranks: dict[str, int] | None = None) -> None:
+    """``ranks``: the adapter's per-module ranks, which a resumed ``gradient`` trial (ranks
+    reallocated during its first epoch) rebuilds before loading the weights."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors, plain = _optimizer_split(optimizer.state_dict())
     save_file(tensors, str(folder / OPTIMIZER))
     (folder / STATE).write_text(json.dumps({
         "epoch": epoch, "step": step, "optimizer": plain, "scheduler": scheduler.state_dict(),
         "rng": {"torch": torch.get_rng_state().tolist(), "sampler": sampler_state}, "metrics": metrics,
+        "ranks": ranks,
     }))
 
 

@@ -19,7 +19,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-from trainables import checkpoint, lora
+from trainables import checkpoint, lora, realloc
 from trainables.data import cache as stem_cache
 from trainables.data.layout import normalize_sources, stems_of
 from trainables.data.segments import Augment, SegmentSampler, validation_tracks
@@ -129,6 +129,17 @@ def open_caches(cfg: dict, sources: dict, samplerate: int) -> tuple[stem_cache.S
     return out[0], out[1]
 
 
+def reallocate(setup: Setup, budget: int, log=print) -> dict[str, int]:
+    """``rank_mode: gradient``: the warm-up's adapters pruned to ``budget`` parameters by importance
+    (trainables/realloc.py), in place; returns the new rank map."""
+    ranks = realloc.allocate(realloc.importances(setup.model), budget)
+    before = sum(setup.ranks.values())
+    realloc.reshape(setup.model, ranks)
+    log(f"gradient: ranks reallocated over {len(ranks)} modules (rank sum {before} -> {sum(ranks.values())}, "
+        f"{lora.trainable_parameters(setup.model)} trainable parameters, budget {budget} for the adapters)")
+    return ranks
+
+
 def train(cfg: dict, report: Report, resume_from: Path | None = None, device: torch.device | None = None,
           prepare_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None, log=print,
           on_setup: Callable[[Setup], None] | None = None, rank: int = 0) -> dict:
@@ -138,7 +149,18 @@ def train(cfg: dict, report: Report, resume_from: Path | None = None, device: to
     seed_everything(seed)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     setup = build_model(cfg)
-    if on_setup:
+    epochs, steps = int(t["epochs"]), int(t["steps_per_epoch"])
+    resumed = checkpoint.load(Path(resume_from)) if resume_from is not None else None
+    spec = lora.LoraSpec.from_config(cfg["lora"]) if cfg.get("lora") is not None else None
+    realloc_step, budget = None, None
+    if spec is not None and spec.rank_mode == "gradient":
+        budget = realloc.uniform_budget(setup.model, spec.rank)
+        if resumed is not None:  # every checkpoint is past the reallocation (it happens in epoch 1)
+            setup.ranks = {k: int(v) for k, v in resumed[1]["ranks"].items()}
+            realloc.reshape(setup.model, setup.ranks, keep_learned=False)
+        else:
+            realloc_step = realloc.warmup_steps(spec.gradient_at, steps)
+    if on_setup and realloc_step is None:  # a gradient trial describes itself once its ranks are final
         on_setup(setup)
     model = setup.model.to(device)
     samplerate, segment = setup.base.samplerate, float(cfg["data"].get("segment", setup.base.segment))
@@ -150,12 +172,11 @@ def train(cfg: dict, report: Report, resume_from: Path | None = None, device: to
     params = [p for p in model.parameters() if p.requires_grad]
     o = cfg["optim"]
     optimizer = torch.optim.AdamW(params, lr=float(o["lr"]), weight_decay=float(o.get("weight_decay", 0.0)))
-    epochs, steps = int(t["epochs"]), int(t["steps_per_epoch"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(o.get("schedule", "constant"), epochs * steps, float(o.get("warmup", 0.0))))
     start_epoch, step = 0, 0
-    if resume_from is not None:
-        opt_state, state = checkpoint.load(Path(resume_from))
+    if resumed is not None:
+        opt_state, state = resumed
         checkpoint.load_weights(setup.model, Path(resume_from))
         optimizer.load_state_dict(opt_state)
         scheduler.load_state_dict(state["scheduler"])
@@ -187,6 +208,16 @@ def train(cfg: dict, report: Report, resume_from: Path | None = None, device: to
             scheduler.step()
             total += loss.item()
             step += 1
+            if step == realloc_step:
+                setup.ranks = reallocate(setup, budget, log)
+                params = [p for p in model.parameters() if p.requires_grad]
+                # AdamW's moments belonged to the old factors; the schedule (and its step) carries on
+                optimizer.param_groups[0]["params"] = params
+                optimizer.state.clear()
+                train_model = prepare_model(model) if prepare_model else model
+                train_model.train()
+                if on_setup:
+                    on_setup(setup)
         train_seconds = time.perf_counter() - started
         metrics = {"train/loss": total / steps, "epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
                    "time/train_step_s": train_seconds / steps}
@@ -197,7 +228,8 @@ def train(cfg: dict, report: Report, resume_from: Path | None = None, device: to
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             checkpoint.save_weights(setup.model, folder)
-            checkpoint.save(folder, optimizer, scheduler, epoch + 1, step, sampler.state(), metrics)
+            checkpoint.save(folder, optimizer, scheduler, epoch + 1, step, sampler.state(), metrics,
+                            setup.ranks or None)
             if report(metrics, folder):
                 break
     return metrics

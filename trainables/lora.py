@@ -14,7 +14,9 @@
   ``uniform`` (``rank`` everywhere; ``layer_ranks`` refused) and ``heuristic`` (``rank`` scaled
   per module by the family's documented ``rank_scales``, rounded half up, at least 1 and at
   most the layer's min(fan_in, fan_out)). Each resolves to the same explicit rank map, so
-  saving, reloading and logging never depend on the mode.
+  saving, reloading and logging never depend on the mode. ``gradient`` starts every target at
+  ``gradient_init_scale`` x ``rank`` and reallocates once, after a warm-up, within the
+  parameters of ``rank`` everywhere (``trainables/realloc.py``).
 - Placement: ``placement`` switches the family's layer groups (HT-Demucs: frequency/time
   encoder, transformer, frequency/time decoder) on or off, ``{group: false}`` dropping that
   group's adapters in every rank mode. Groups not named stay on; a name the family does not
@@ -41,7 +43,7 @@ from trainables.errors import RankhouseError
 
 ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.MultiheadAttention)
 SCALINGS = ("standard", "rslora")
-RANK_MODES = ("custom", "uniform", "heuristic")
+RANK_MODES = ("custom", "uniform", "heuristic", "gradient")
 RankScales = Callable[[list[str]], dict[str, float]]  # targeted module paths -> rank multiplier
 Groups = Mapping[str, list[str]]  # layer group name -> glob patterns over module paths
 
@@ -100,10 +102,13 @@ class LoraSpec:
     targets: list[str] | None = None  # None: the family's default targets
     layer_ranks: dict[str, int] = field(default_factory=dict)  # ordered: first match wins
     placement: dict[str, bool] = field(default_factory=dict)  # layer group -> adapters on/off (unnamed: on)
+    gradient_init_scale: float = 2.0  # gradient mode: starting ranks, x rank
+    gradient_at: float = 0.5  # gradient mode: reallocate after this fraction of the first epoch
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> "LoraSpec":
-        known = {"rank", "alpha", "dropout", "scaling", "rank_mode", "targets", "layer_ranks", "placement"}
+        known = {"rank", "alpha", "dropout", "scaling", "rank_mode", "targets", "layer_ranks", "placement",
+                 "gradient_init_scale", "gradient_at"}
         unknown = set(cfg) - known
         if unknown:
             raise RankhouseError(f"lora: unknown key(s) {sorted(unknown)}; expected {sorted(known)}")
@@ -126,7 +131,14 @@ class LoraSpec:
             raise RankhouseError(f"lora.rank: {spec.rank}; expected an integer >= 1")
         if not 0 <= float(spec.dropout) < 1:
             raise RankhouseError(f"lora.dropout: {spec.dropout}; expected 0 <= dropout < 1")
+        if not float(spec.gradient_init_scale) >= 1:
+            raise RankhouseError(f"lora.gradient_init_scale: {spec.gradient_init_scale}; expected >= 1 (the "
+                                 "starting ranks, x rank, that reallocation prunes to the budget)")
+        if not 0 < float(spec.gradient_at) <= 1:
+            raise RankhouseError(f"lora.gradient_at: {spec.gradient_at}; expected 0 < gradient_at <= 1 "
+                                 "(a fraction of the first epoch)")
         spec.rank, spec.alpha, spec.dropout = int(spec.rank), float(spec.alpha), float(spec.dropout)
+        spec.gradient_init_scale, spec.gradient_at = float(spec.gradient_init_scale), float(spec.gradient_at)
         return spec
 
 
@@ -202,6 +214,9 @@ def resolve_ranks(model: nn.Module, spec: LoraSpec, exclude: list[str] = (),
             raise _no_match("layer_ranks", pattern, targeted)
     targeted = placed(targeted, spec.placement, groups)
     ranks = {n: spec.rank for n in targeted}
+    if spec.rank_mode == "gradient":  # the warm-up's ranks; realloc.allocate prunes them to the budget
+        return {n: max(1, min(math.ceil(spec.rank * spec.gradient_init_scale), min(fan(modules[n]))))
+                for n in targeted}
     if spec.rank_mode == "heuristic":
         if rank_scales is None:
             raise RankhouseError("lora.rank_mode: heuristic: this model family documents no rank allocation")
