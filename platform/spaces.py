@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "budget": {"max_trainable_params": Optional_(int)},
     "search": {
         "algorithm": "optuna",
+        "sampler": "tpe",  # tpe (multivariate TPE; multi-objective TPE for several objectives) or random
         "num_samples": 8,
         "max_concurrent": 2,
         "seed": 0,
@@ -358,6 +359,8 @@ def load(file: Path | str, overrides: list[str] = ()) -> Study:
     s = config["search"]
     if s["algorithm"] != "optuna":
         raise RankhouseError(f"{file}: search.algorithm: {s['algorithm']!r}; expected optuna")
+    if s["sampler"] not in ("tpe", "random"):
+        raise RankhouseError(f"{file}: search.sampler: {s['sampler']!r}; expected tpe or random")
     if s["scheduler"]["type"] not in SCHEDULERS:
         raise RankhouseError(f"{file}: search.scheduler.type: {s['scheduler']['type']!r}; expected one of {SCHEDULERS}")
     for key, minimum in (("num_samples", 1), ("max_concurrent", 1)):

@@ -194,6 +194,7 @@ ERRORS = {
     "unknown scheduler": ({**MINIMAL, "search": {"scheduler": {"type": "hyperband"}}}, "search.scheduler.type",
                           "'hyperband'; expected one of"),
     "unknown algorithm": ({**MINIMAL, "search": {"algorithm": "hyperopt"}}, "search.algorithm", "expected optuna"),
+    "unknown sampler": ({**MINIMAL, "search": {"sampler": "cmaes"}}, "search.sampler", "'cmaes'; expected tpe or random"),
     "bad distribution": (with_space(**{"lora.rank": {"type": "normal", "low": 1, "high": 2}}),
                          "search.space.lora.rank.type", "'normal'; expected one of choice, uniform"),
     "no type": (with_space(**{"lora.rank": [4, 8]}), "search.space.lora.rank", "expected a mapping with a type"),

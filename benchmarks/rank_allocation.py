@@ -1,0 +1,247 @@
+"""Does searching per-layer ranks beat a hand-picked uniform rank at the same parameter budget?
+
+The embedded HT-Demucs base (4 stems, trained to a plateau on the ``generic`` preset) adapted to
+5-stem tech-house on the embedded corpus, every run the same steps, data and learning rate. At
+each budget (the trainable parameters of ``uniform`` rank R, the rebuilt kick/hihat heads
+included):
+
+  uniform     rank R on every target
+  heuristic   the family's documented allocation at the largest base rank that fits the budget
+  gradient    ``rank_mode: gradient`` at rank R (a 2R warm-up for half of epoch 1, then reallocated
+              within the budget)
+  searched    per-group ``layer_ranks`` found by ``python -m platform.tune`` itself: TPE over the
+              five groups with ``budget.max_trainable_params`` = the budget (over-budget samples
+              rejected before training), selected on the valid split with a seed of its own
+  full        full fine-tuning (every weight trains): the reference for step time, memory and size
+
+Every row but the search is trained with 3 seeds and scored on a holdout corpus no run trained or
+was selected on (the embedded tech-house preset rendered with another seed); the valid SDR is
+shown too. Each run is a fresh process on one torch thread (two side by side on 2 cores), so
+step time and peak memory (the process' peak RSS over its RSS before training) compare like
+with like. LoRA uses rsLoRA scaling with alpha = 2 sqrt(R): one alpha means the same step size
+whatever rank a module ends with.
+
+    .venv/bin/python -m benchmarks.rank_allocation                (from the repository root)
+    .venv/bin/python -m benchmarks.rank_allocation --ranks 2 --seeds 1 --epochs 1 --steps 4   (a smoke run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUPS = ["encoder.*", "tencoder.*", "crosstransformer.*", "decoder.*", "tdecoder.*"]
+
+
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def run_one(job: dict) -> dict:
+    """One training run in a fresh process: the loop, then the holdout score and the sizes."""
+    import torch
+
+    torch.set_num_threads(1)
+    from trainables import checkpoint, loop
+    from trainables.data import cache as stem_cache
+
+    cfg, setups, reports = job["cfg"], [], []
+    before = _rss_kb("VmRSS")
+    loop.train(cfg, lambda metrics, folder: reports.append(metrics), device=torch.device("cpu"),
+               log=lambda *a: None, on_setup=setups.append)
+    peak = _rss_kb("VmHWM")
+    setup = setups[-1]
+    holdout = stem_cache.StemCache(job["holdout"])
+    scores = loop.evaluate(setup.model, holdout, setup.sources, setup.base.samplerate, float(cfg["data"]["segment"]),
+                           torch.device("cpu"), job["holdout_seconds"])
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint.save_weights(setup.model, Path(tmp))
+        saved = sum(f.stat().st_size for f in Path(tmp).rglob("*.safetensors"))
+    return {"method": job["method"], "budget": job["budget"], "seed": cfg["train"]["seed"],
+            "holdout_sdr": scores["valid/sdr"], "valid_sdr": reports[-1]["valid/sdr"],
+            "trainable": sum(p.numel() for p in setup.model.parameters() if p.requires_grad),
+            "step_s": statistics.median(r["time/train_step_s"] for r in reports),
+            "peak_mb": (peak - before) / 1024, "bytes": saved, "rank_sum": sum(setup.ranks.values())}
+
+
+def count(prepared_cfg: dict, lora_cfg: dict) -> int:
+    """Trainable parameters of a LoRA config on the study's base (adapters + rebuilt heads), as
+    the platform's budget counter counts them."""
+    from platform.budget import ParameterCounter
+
+    return ParameterCounter({**prepared_cfg, "lora": lora_cfg}, {})({})
+
+
+def search(args, study_file: Path, rank: int, budget: int, alpha: float, work: Path) -> dict:
+    """The platform's own search over per-group ranks under the budget; the best trial's layer_ranks."""
+    import yaml
+
+    choices = sorted({max(1, rank // 2), rank, max(rank + 1, 3 * rank // 2), 2 * rank})
+    doc = yaml.safe_load(study_file.read_text())
+    doc["study"] = f"rank-allocation-r{rank}"
+    doc["lora"] = {"rank": rank, "alpha": alpha, "scaling": "rslora", "rank_mode": "custom"}
+    doc["budget"] = {"max_trainable_params": budget}
+    doc["search"]["space"] = {f'lora.layer_ranks."{g}"': {"type": "choice", "values": choices} for g in GROUPS}
+    space = work / f"search_r{rank}.yaml"
+    space.write_text(yaml.safe_dump(doc, sort_keys=False))
+    summary = work / f"search_r{rank}.json"
+    cmd = [sys.executable, "-m", "platform.tune", str(space), *args.overrides, f"search.num_samples={args.search_trials}",
+           "search.max_concurrent=2", "search.scheduler.type=fifo", f"train.seed={args.search_seed}",
+           "resources.cpus_per_worker=1.0", f"tracking.output={work / f'search_r{rank}'}", "--json", str(summary)]
+    print(f"search at budget {budget} (uniform rank {rank}): {args.search_trials} trials, ranks from {choices}",
+          flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"the search at rank {rank} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    best = json.loads(summary.read_text())["best"]
+    found = {k.split('"')[1]: v for k, v in best["config"].items() if k.startswith("lora.layer_ranks")}
+    rejected = len(json.loads(summary.read_text()).get("rejected", []))
+    print(f"  best: {found} valid/sdr {best['best']:.3f}; {rejected} samples rejected over budget", flush=True)
+    return found
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ranks", type=int, nargs="+", default=[2, 8], help="the budgets, as uniform ranks")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--steps", type=int, default=14, help="steps per epoch")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--full-lr", type=float, default=3e-4, help="full fine-tuning's learning rate")
+    p.add_argument("--search-trials", type=int, default=6)
+    p.add_argument("--search-seed", type=int, default=100, help="the search's training seed (not a row's)")
+    p.add_argument("--workers", type=int, default=2, help="runs side by side, one torch thread each")
+    args = p.parse_args()
+    started = time.perf_counter()
+
+    from platform import preflight, promote, spaces
+
+    work = Path(tempfile.mkdtemp(prefix="rankhouse-rank-allocation-"))
+    study_file = ROOT / "search_spaces" / "techhouse.yaml"
+    args.overrides = [f"train.epochs={args.epochs}", f"train.steps_per_epoch={args.steps}", f"train.batch_size={args.batch_size}",
+                      f"optim.lr={args.lr}", "optim.schedule=cosine", "optim.warmup=0.0", "train.valid_max_seconds=8.0",
+                      "data.embedded.songs=24", "data.embedded.seconds=20.0"]
+    study = spaces.load(study_file, args.overrides)
+    study.params = []
+    prepared = preflight.prepare(study)  # renders, checks and caches the corpus; scores the base
+    cfg = prepared.config
+    base_sdr = prepared.base_metrics["valid/sdr"]
+    sources = cfg["data"]["sources"]
+    from trainables import loop
+
+    import torch
+
+    plain = loop.base_model(cfg)  # new heads from their parents, no adapter
+    held = promote.holdout(study, sources, plain.base.samplerate)  # registry.holdout: another seed's corpus
+    print(f"holdout: {held.description}", flush=True)
+    base_holdout = loop.evaluate(plain.model, held.cache, sources, plain.base.samplerate, float(cfg["data"]["segment"]),
+                                 torch.device("cpu"), held.max_seconds)["valid/sdr"]
+    holdout_path = str(held.cache.path)
+
+    jobs, plans = [], {}
+    for rank in args.ranks:
+        alpha = round(2 * math.sqrt(rank), 4)
+        lora_base = {"rank": rank, "alpha": alpha, "scaling": "rslora"}
+        budget = count(cfg, {**lora_base, "rank_mode": "uniform"})
+        h = rank
+        while h > 1 and count(cfg, {**lora_base, "rank": h, "rank_mode": "heuristic"}) > budget:
+            h -= 1
+        while h < 4 * rank and count(cfg, {**lora_base, "rank": h + 1, "rank_mode": "heuristic"}) <= budget:
+            h += 1
+        found = search(args, study_file, rank, budget, alpha, work)
+        plans[rank] = {"uniform": {**lora_base, "rank_mode": "uniform"},
+                       "heuristic": {**lora_base, "rank": h, "rank_mode": "heuristic"},
+                       "gradient": {**lora_base, "rank_mode": "gradient"},
+                       "searched": {**lora_base, "rank_mode": "custom", "layer_ranks": found}}
+        print(f"budget {budget} (uniform rank {rank}): heuristic base rank {h}; searched {found}", flush=True)
+    for seed in range(args.seeds):
+        for rank, methods in plans.items():
+            for method, lora_cfg in methods.items():
+                c = copy.deepcopy(cfg)
+                c["lora"], c["train"]["seed"] = lora_cfg, seed
+                jobs.append({"method": method, "budget": rank, "cfg": c, "holdout": holdout_path,
+                             "holdout_seconds": held.max_seconds})
+        c = copy.deepcopy(cfg)
+        c["lora"], c["train"]["seed"], c["optim"]["lr"] = None, seed, args.full_lr
+        jobs.append({"method": "full", "budget": None, "cfg": c, "holdout": holdout_path,
+                     "holdout_seconds": held.max_seconds})
+    print(f"{len(jobs)} runs, {args.workers} at a time", flush=True)
+    results = []
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
+        for i, r in enumerate(pool.imap_unordered(run_one, jobs), 1):
+            results.append(r)
+            print(f"  [{i}/{len(jobs)}] {r['method']:<9} budget {r['budget']} seed {r['seed']}: holdout "
+                  f"{r['holdout_sdr']:.3f} valid {r['valid_sdr']:.3f} ({r['trainable']} trainable)", flush=True)
+    (work / "results.json").write_text(json.dumps(results, indent=1))
+    table(results, plans, base_sdr, base_holdout, args)
+    print(f"\nresults: {work / 'results.json'}; {(time.perf_counter() - started) / 60:.1f} min")
+
+
+def table(results: list[dict], plans: dict, base_sdr: float, base_holdout: float, args) -> None:
+    from trainables.family import get_family
+
+    base_bytes = get_family("htdemucs").embedded.stat().st_size
+    full = [r for r in results if r["method"] == "full"]
+    full_step = statistics.mean(r["step_s"] for r in full)
+    full_mem = statistics.mean(r["peak_mb"] for r in full)
+
+    def mean(rows, key):
+        return statistics.mean(r[key] for r in rows)
+
+    def sd(rows, key):
+        return statistics.stdev(r[key] for r in rows) if len(rows) > 1 else 0.0
+
+    print(f"\nbase (no adapter): holdout SDR {base_holdout:.3f}, valid SDR {base_sdr:.3f}; "
+          f"{args.epochs} epochs x {args.steps} steps of batch {args.batch_size} per run, {args.seeds} seeds")
+    head = (f"{'budget':>8} {'method':<10} {'trainable':>10} {'holdout SDR':>15} {'valid SDR':>10} "
+            f"{'vs uniform':>10} {'step/full':>9} {'mem/full':>8} {'size/base':>9}")
+    print(head)
+    print("-" * len(head))
+    verdicts = []
+    for rank in plans:
+        rows = {m: [r for r in results if r["method"] == m and r["budget"] == rank] for m in plans[rank]}
+        uniform = mean(rows["uniform"], "holdout_sdr")
+        budget = max(r["trainable"] for r in rows["uniform"])
+        for method, rs in rows.items():
+            print(f"{budget:>8} {method:<10} {mean(rs, 'trainable'):>10.0f} "
+                  f"{mean(rs, 'holdout_sdr'):>8.3f} ±{sd(rs, 'holdout_sdr'):.3f} {mean(rs, 'valid_sdr'):>10.3f} "
+                  f"{mean(rs, 'holdout_sdr') - uniform:>+10.3f} {mean(rs, 'step_s') / full_step:>9.2f} "
+                  f"{mean(rs, 'peak_mb') / full_mem:>8.2f} {mean(rs, 'bytes') / base_bytes:>8.1%}")
+        best = max((m for m in rows if m != "uniform"), key=lambda m: mean(rows[m], "holdout_sdr"))
+        verdicts.append((budget, best, mean(rows[best], "holdout_sdr") - uniform))
+    print(f"{'':>8} {'full':<10} {mean(full, 'trainable'):>10.0f} {mean(full, 'holdout_sdr'):>8.3f} "
+          f"±{sd(full, 'holdout_sdr'):.3f} {mean(full, 'valid_sdr'):>10.3f} {'':>10} {1:>9.2f} {1:>8.2f} "
+          f"{mean(full, 'bytes') / base_bytes:>8.1%}")
+    print("(step/full, mem/full: a run's median train step time and peak memory over full fine-tuning's; "
+          "size/base: the saved adapter or model over the embedded base's safetensors)")
+    for budget, best, gain in verdicts:
+        print(f"target at budget {budget}: best non-uniform ({best}) {gain:+.3f} dB over uniform "
+              f"(target >= +0.30): {'met' if gain >= 0.3 else 'NOT met'}")
+    lora_rows = [r for r in results if r["method"] != "full"]
+    step = max(mean([r for r in lora_rows if r["method"] == m and r["budget"] == b], "step_s")
+               for b in plans for m in plans[b])
+    print(f"target: LoRA step time <= full fine-tuning's: slowest LoRA row {step / full_step:.2f}x "
+          f"({'met' if step <= full_step else 'NOT met'})")
+    size = max(r["bytes"] for r in lora_rows) / base_bytes
+    print(f"target: adapter <= 5% of the base's size: largest {size:.1%} ({'met' if size <= 0.05 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
