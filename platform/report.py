@@ -92,6 +92,15 @@ def _figure(width: float = 6.4, height: float = 3.8):
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
+def _scatter_by_status(ax, points: list[tuple]) -> None:
+    """(x, y, trial) points, one marker and colour per trial status."""
+    for status in sorted({p[2]["status"] for p in points}):
+        marker, color = STATUS_STYLE.get(status, ("s", "0.5"))
+        ax.scatter([p[0] for p in points if p[2]["status"] == status],
+                   [p[1] for p in points if p[2]["status"] == status], marker=marker, color=color,
+                   label=status.lower(), zorder=3)
+
+
 def _base_line(ax, summary: dict) -> None:
     base = summary.get("base", {}).get("metrics", {}).get(summary["objective"]["metric"])
     if _finite(base):
@@ -154,11 +163,7 @@ def params_plot(summary: dict, runs: dict, path: Path) -> Path:
         raise Skip(f"no trial logged both trainable_params and {metric}")
     fig = _figure()
     ax = fig.add_subplot()
-    for status in sorted({p[2]["status"] for p in points}):
-        marker, color = STATUS_STYLE.get(status, ("s", "0.5"))
-        ax.scatter([p[0] for p in points if p[2]["status"] == status],
-                   [p[1] for p in points if p[2]["status"] == status], marker=marker, color=color,
-                   label=status.lower(), zorder=3)
+    _scatter_by_status(ax, points)
     best = (summary.get("best") or {}).get("run_id")
     for n, value, t in points:
         if t["run_id"] == best:
@@ -286,11 +291,7 @@ def pareto_plot(summary: dict, path: Path) -> Path:
         raise Skip(f"no trial has both {y_obj['metric']} and {x_obj['metric']}")
     fig = _figure()
     ax = fig.add_subplot()
-    for status in sorted({p[2]["status"] for p in points}):
-        marker, color = STATUS_STYLE.get(status, ("s", "0.5"))
-        ax.scatter([p[0] for p in points if p[2]["status"] == status],
-                   [p[1] for p in points if p[2]["status"] == status], marker=marker, color=color,
-                   label=status.lower(), zorder=3)
+    _scatter_by_status(ax, points)
     front_ids = {t["run_id"] for t in summary["pareto"]}
     front = sorted((p for p in points if p[2]["run_id"] in front_ids), key=lambda p: p[0])
     if front:

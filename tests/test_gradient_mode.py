@@ -10,7 +10,8 @@ import shutil
 import pytest
 import torch
 
-from trainables import checkpoint, htdemucs, lora, loop, realloc
+from test_loop_training import config as loop_config  # noqa: F401 (a fixture)
+from trainables import checkpoint, lora, loop, realloc
 from trainables.errors import RankhouseError
 from trainables.family import get_family
 
@@ -102,19 +103,13 @@ def test_the_pruned_adapter_saves_and_reloads_with_its_new_ranks(warmed, tiny_mi
 
 
 @pytest.fixture
-def config(corpus, tiny_kwargs, tmp_path):
-    torch.manual_seed(0)
-    model = htdemucs.new_model(["drums", "bass", "other", "vocals"], tiny_kwargs)
-    base = tmp_path / "base.safetensors"
-    htdemucs.save_checkpoint(model, base, tiny_kwargs)
-    return {
-        "model": {"family": "htdemucs", "base": str(base), "sources": ["kick", "hihat", "bass", "other", "vocals"],
-                  "parents": {"kick": "drums", "hihat": "drums"}},
-        "data": {"root": str(corpus), "segment": 1.0, "cache_dir": str(tmp_path / "cache")},
-        "lora": {"rank": 2, "alpha": 4.0, "rank_mode": "gradient", "gradient_at": 0.5},
-        "optim": {"lr": 3e-3, "schedule": "cosine", "warmup": 0.0},
-        "train": {"epochs": 2, "steps_per_epoch": 4, "batch_size": 1, "seed": 3, "valid_max_seconds": 2.0},
-    }
+def config(loop_config):
+    """test_loop_training's trial in gradient mode, with enough steps for a warm-up half an epoch long."""
+    cfg = copy.deepcopy(loop_config)
+    cfg["lora"].update(rank_mode="gradient", gradient_at=0.5)
+    cfg["optim"].update(lr=3e-3, warmup=0.0)
+    cfg["train"]["steps_per_epoch"] = 4
+    return cfg
 
 
 def test_the_loop_reallocates_in_the_first_epoch_and_resumes_exactly(config, tmp_path, one_thread):
