@@ -60,6 +60,8 @@ DEFAULTS: dict[str, Any] = {
     "search": {
         "algorithm": "optuna",
         "sampler": "tpe",  # tpe (multivariate TPE; multi-objective TPE for several objectives) or random
+        # random samples before TPE starts modelling; null: platform.searcher.startup_trials picks
+        "startup_trials": Optional_(int),
         "num_samples": 8,
         "max_concurrent": 2,
         "seed": 0,
@@ -110,6 +112,7 @@ RULES: dict[tuple[str, ...], tuple[Callable[[Any], bool], str]] = {
     ("registry", "min_gain"): (lambda v: v >= 0, "dB >= 0"),
     ("budget", "max_trainable_params"): (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     ("train", "valid_max_seconds"): (lambda v: v is None or v > 0, "null or seconds > 0"),
+    ("search", "startup_trials"): (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     ("train", "epochs"): (lambda v: v >= 1, "an integer >= 1"),
     ("train", "steps_per_epoch"): (lambda v: v >= 1, "an integer >= 1"),
     ("train", "batch_size"): (lambda v: v >= 1, "an integer >= 1"),

@@ -310,7 +310,7 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from platform.searcher import BestEpochOptunaSearch
+    from platform.searcher import BestEpochOptunaSearch, sampler
     from trainables.trial import run_trial
 
     launch_ray(out)
@@ -326,8 +326,7 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
         # several objectives: Optuna's multi-objective TPE over all of them (a Pareto front)
         metric=[m for m, _ in objs] if len(objs) > 1 else metric,
         mode=[d for _, d in objs] if len(objs) > 1 else mode,
-        sampler=(optuna.samplers.TPESampler(seed=s["seed"], multivariate=True) if s["sampler"] == "tpe"
-                 else optuna.samplers.RandomSampler(seed=s["seed"])),
+        sampler=sampler(s),
         study_name=optuna_study_name(study, parent_id),
         storage=optuna.storages.RDBStorage(optuna_storage_url(out)),
     )

@@ -195,6 +195,8 @@ ERRORS = {
                           "'hyperband'; expected one of"),
     "unknown algorithm": ({**MINIMAL, "search": {"algorithm": "hyperopt"}}, "search.algorithm", "expected optuna"),
     "unknown sampler": ({**MINIMAL, "search": {"sampler": "cmaes"}}, "search.sampler", "'cmaes'; expected tpe or random"),
+    "no startup trials": ({**MINIMAL, "search": {"startup_trials": 0}}, "search.startup_trials",
+                          "0; expected null or an integer >= 1"),
     "bad distribution": (with_space(**{"lora.rank": {"type": "normal", "low": 1, "high": 2}}),
                          "search.space.lora.rank.type", "'normal'; expected one of choice, uniform"),
     "no type": (with_space(**{"lora.rank": [4, 8]}), "search.space.lora.rank", "expected a mapping with a type"),
