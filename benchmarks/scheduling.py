@@ -7,7 +7,8 @@ reused in both arms), over the same space, sampler seed, ASHA and concurrency:
              reports a synthetic objective and a tiny checkpoint each epoch
   platform   ``platform.tune.run_search`` with that same function as the trial's training
              function: the trial process's MLflow child run (params, metrics per epoch, the
-             best epoch's adapter artifact, status), Optuna's study in SQLite, then what
+             best epoch's adapter artifact, status), each finished trial recorded in Optuna's
+             SQLite study (the sampler's own study is in memory, as in the Tune arm), then what
              ``python -m platform.tune`` does after Tune returns (closing the runs, the summary,
              the study's plots)
 
@@ -121,6 +122,7 @@ def main() -> None:
     from ray.tune.search.optuna import OptunaSearch
 
     from platform import report, spaces, tune
+    from platform.searcher import sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="rankhouse-scheduling-"))
@@ -135,7 +137,7 @@ def main() -> None:
     def run_tune_alone(out: Path) -> dict:
         s = study.config["search"]
         searcher = OptunaSearch(space=spaces.DefineByRun(study.params), metric=metric, mode=mode,
-                                sampler=optuna.samplers.TPESampler(seed=s["seed"], multivariate=True))
+                                sampler=sampler(s))
         sch = s["scheduler"]
         trainable = ray_tune.with_resources(
             ray_tune.with_parameters(tune_alone_trial, base={k: v for k, v in cfg.items() if k != "search"},
@@ -164,7 +166,6 @@ def main() -> None:
         results = tune.run_search(study, prepared, out, uri, exp_id, parent_id, train=synthetic_train)
         fit = time.perf_counter() - started
         tune.close_child_runs(study, results, uri, exp_id, parent_id)
-        tune.close_optuna_trials(out, study, parent_id)
         summary = tune.summarize(study, results, prepared, uri, study.name, exp_id, parent_id)
         report.study_plots(summary, uri, parent_id, tune.optuna_storage_url(out),
                            tune.optuna_study_name(study, parent_id), out / "plots")

@@ -81,6 +81,7 @@ class BudgetedOptunaSearch(BestEpochOptunaSearch):
             ot_trial.set_user_attr(REJECTED, reason)
             ot_trial.set_user_attr("trainable_params", count)
             self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+            self.record(ot_trial, None)  # no Tune trial: the same trial samples again
             print(f"search: sample {ot_trial.number} rejected before training: {reason}", flush=True)
         if self.budget is None:
             raise RankhouseError(f"search.space: {MAX_CONSECUTIVE_REJECTIONS} samples in a row could not be built "

@@ -1,4 +1,5 @@
-"""The search's Optuna searcher: Ray Tune's ``OptunaSearch``, told what the trial keeps.
+"""The search's Optuna searcher: Ray Tune's ``OptunaSearch``, told what the trial keeps, with
+the sampler's study in memory and a record of every finished trial in SQLite.
 
 Tune's ``OptunaSearch`` tells Optuna a trial's *last* reported values. A trial's artifact is its
 adapter at the epoch where the primary objective was best (``trainables.trial``), and the
@@ -7,8 +8,14 @@ trial, the report of the primary's best epoch and tells Optuna every objective's
 that report: Optuna learns from the adapters the search actually produced, single- or
 multi-objective alike. ASHA still sees every report as it comes.
 
-What it remembers is pickled with the searcher (``OptunaSearch.save`` keeps ``__dict__``), so
-a ``--resume``d search keeps it too.
+The sampler works on an in-memory study. On SQLite every ask, sampled parameter, intermediate
+value and tell is a commit, in the driver, between Tune's results: 100 trials of 12 parameters
+and 3 reports took 19.3 s of driver time on SQLite and 1.0 s in memory here (Optuna 5.0). Each
+finished (or rejected) trial is copied to the ``record`` study in SQLite, one commit per
+trial: that is the study the summary, the plots and ``optuna-dashboard`` read, and it never
+holds a trial that is still running. ``--resume`` restores the in-memory study (and what this
+searcher remembers) from Tune's saved searcher state (``OptunaSearch.save`` pickles
+``__dict__``), which Tune writes together with its trial states, so the two always agree.
 """
 
 from __future__ import annotations
@@ -38,9 +45,16 @@ def sampler(search: dict) -> optuna.samplers.BaseSampler:
 
 
 class BestEpochOptunaSearch(OptunaSearch):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, record: str | None = None, **kwargs):
+        """``record``: the storage URL (SQLite) of the study that keeps every finished trial,
+        under the searcher's ``study_name``; the sampler's own study stays in memory."""
+        if kwargs.get("storage") is not None:
+            raise ValueError("BestEpochOptunaSearch keeps its study in memory; give the SQLite URL as record=")
         super().__init__(*args, **kwargs)
         self._best_reports: dict[str, dict] = {}
+        self._record_url = record
+        self._record: optuna.Study | None = None  # opened on the first finished trial
+        self._recorded: set[str] | None = None  # Ray trial ids in the record; read once per driver
 
     @property
     def _primary(self) -> tuple[str, str]:
@@ -57,4 +71,42 @@ class BestEpochOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         best = self._best_reports.pop(trial_id, None)
+        ot_trial = self._ot_trials.get(trial_id)
+        done = trial_id in self._completed_trials
         super().on_trial_complete(trial_id, best if best is not None and result is not None else result, error)
+        if ot_trial is not None and not done:
+            self.record(ot_trial, trial_id)
+
+    def record(self, ot_trial: optuna.Trial, trial_id: str | None) -> None:
+        """Copy a trial the in-memory study has finished into the SQLite record, once: a
+        ``--resume``d search may finish again a trial that had finished after Tune last saved."""
+        if self._record_url is None:
+            return
+        frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
+        if frozen.state == optuna.trial.TrialState.RUNNING:  # the tell failed (Tune logged why)
+            return
+        if self._record is None:
+            self._record = optuna.create_study(storage=self._record_url, study_name=self._study_name,
+                                               directions=self._ot_study.directions, load_if_exists=True)
+        if self._recorded is None:
+            self._recorded = {t.user_attrs.get(TRIAL_ATTR) for t in self._record.get_trials(deepcopy=False)}
+        if trial_id is not None and trial_id in self._recorded:
+            return
+        self._record.add_trial(optuna.trial.create_trial(
+            state=frozen.state, values=frozen.values, params=frozen.params, distributions=frozen.distributions,
+            user_attrs={**frozen.user_attrs, **({TRIAL_ATTR: trial_id} if trial_id else {})},
+            system_attrs=frozen.system_attrs, intermediate_values=frozen.intermediate_values))
+        if trial_id is not None:
+            self._recorded.add(trial_id)
+
+    def save(self, checkpoint_path: str) -> None:
+        # the record's connection and id cache are the driver's, not state: a restored searcher opens them again
+        record, recorded = self._record, self._recorded
+        self._record = self._recorded = None
+        try:
+            super().save(checkpoint_path)
+        finally:
+            self._record, self._recorded = record, recorded
+
+
+TRIAL_ATTR = "ray_trial_id"  # user attribute of a recorded trial: the Tune trial it was

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from platform import pareto, report, spaces
-from platform.cli import run
+from platform import cli
 from platform.preflight import prepare
 from trainables import tracking
 from trainables.errors import RankhouseError
@@ -304,7 +304,6 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
     """Ray Tune over the study's trials. ``train`` replaces ``trainables.loop.train`` in every
     trial (same signature; everything around it is the platform's): benchmarks/scheduling.py
     runs a trivial one to measure the search's own bookkeeping."""
-    import optuna
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -328,7 +327,7 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
         mode=[d for _, d in objs] if len(objs) > 1 else mode,
         sampler=sampler(s),
         study_name=optuna_study_name(study, parent_id),
-        storage=optuna.storages.RDBStorage(optuna_storage_url(out)),
+        record=optuna_storage_url(out),  # the sampler's study is in memory (platform/searcher.py)
     )
     budget = cfg["budget"]["max_trainable_params"]
     if budget is None and not any(p.path[:2] == ("lora", "placement") for p in study.params):
@@ -384,22 +383,6 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
 
 LOST_TAG = "rankhouse.lost"
 PARETO_TAG = "rankhouse.pareto"  # on the child runs of a multi-objective search's front
-
-
-def close_optuna_trials(out: Path, study: spaces.Study, parent_id: str) -> int:
-    """Optuna trials still RUNNING after the search belong to trials lost with a killed driver:
-    marked FAIL, so the sampler never waits on them and the study's count stays true."""
-    import optuna
-
-    storage = optuna.storages.RDBStorage(optuna_storage_url(out))
-    try:
-        ot = optuna.load_study(study_name=optuna_study_name(study, parent_id), storage=storage)
-    except KeyError:
-        return 0
-    stale = [t for t in ot.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
-    for t in stale:
-        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-    return len(stale)
 
 
 def close_child_runs(study: spaces.Study, results, uri: str, exp_id: str, parent_id: str) -> None:
@@ -571,7 +554,6 @@ def main(argv: list[str]) -> int:
         mlflow.set_terminated(parent_id, status="FAILED")
         raise
     close_child_runs(study, results, uri, exp_id, parent_id)
-    close_optuna_trials(out, study, parent_id)
     summary = summarize(study, results, prepared, uri, experiment, exp_id, parent_id)
     from platform.budget import rejected  # imports Ray Tune, which run_search has already loaded
 
@@ -613,4 +595,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)

@@ -42,7 +42,7 @@ def searcher(config: dict, budget: int, storage: str, values=(2, 8), sampler=Non
     params = [spaces.Param(("lora", "rank"), "lora.rank", "choice", {"values": list(values)}, {})]
     return BudgetedOptunaSearch(space=spaces.DefineByRun(params), metric="valid/sdr", mode="max",
                                 sampler=sampler or optuna.samplers.RandomSampler(seed=0), study_name="budget",
-                                storage=optuna.storages.RDBStorage(storage), budget=budget,
+                                record=storage, budget=budget,
                                 counter=ParameterCounter(config, {"lora.rank": ["lora", "rank"]}))
 
 

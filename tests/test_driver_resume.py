@@ -69,17 +69,19 @@ def test_a_killed_driver_resumes_the_study(tiny_search, tmp_path):
     again = mlflow.get_metric_history(first.info.run_id, "valid/sdr")
     assert sorted(m.step for m in again) == list(range(1, EPOCHS + 1))
     assert mlflow.get_run(first.info.run_id).info.end_time == first.info.end_time
-    # one Optuna trial per Tune trial, in the same study
+    # the Optuna record holds each Tune trial once, finished, in the same study
     import optuna
 
+    from platform.searcher import TRIAL_ATTR
+
     study = optuna.load_study(study_name=f"techhouse-{parent_id}", storage=f"sqlite:///{out / 'optuna.db'}")
-    states = [t.state.name for t in study.trials]
-    assert states.count("COMPLETE") == TRIALS and set(states) <= {"COMPLETE", "FAIL"}
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * TRIALS
+    assert sorted(t.user_attrs[TRIAL_ATTR] for t in study.trials) == sorted(t["trial_id"] for t in result["trials"])
     # a trial the driver started just before it died, unknown to Tune's saved state, is closed as
-    # lost (and left out of the summary) rather than left RUNNING
+    # lost (and left out of the summary and the record) rather than left RUNNING
     lost = [r for r in tracking.children(mlflow, mlflow.get_run(parent_id).info.experiment_id, parent_id)
             if "rankhouse.lost" in r.data.tags]
-    assert all(r.info.status == "KILLED" for r in lost) and len(lost) == states.count("FAIL")
+    assert all(r.info.status == "KILLED" for r in lost)
     assert not [pid for pid in left if title(pid)], "the dead driver's Ray was left running"  # zombies: no title
     # what was still running when --resume started: at least the two agents (the rest may have exited)
     assert int(re.search(r"resume: stopped (\d+) process", proc.stdout).group(1)) >= 2

@@ -79,7 +79,7 @@ def searcher(tmp_path, metric, mode) -> BestEpochOptunaSearch:
     params = [spaces.Param(("lora", "rank"), "lora.rank", "choice", {"values": [2, 4, 8]}, {})]
     return BestEpochOptunaSearch(space=spaces.DefineByRun(params), metric=metric, mode=mode,
                                  sampler=optuna.samplers.RandomSampler(seed=0), study_name="mo",
-                                 storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}"))
+                                 record=f"sqlite:///{tmp_path / 'optuna.db'}")
 
 
 @pytest.mark.parametrize("multi", [False, True])

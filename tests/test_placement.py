@@ -135,7 +135,7 @@ def test_a_sample_with_every_group_off_is_rejected_without_a_budget(tmp_path, ma
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     searcher = BudgetedOptunaSearch(space=spaces.DefineByRun(params), metric="valid/sdr", mode="max",
                                     sampler=optuna.samplers.GridSampler({k: [True, False] for k in keys}, seed=0),
-                                    study_name="placed", storage=optuna.storages.RDBStorage(storage), budget=None,
+                                    study_name="placed", record=storage, budget=None,
                                     counter=ParameterCounter(config, keys))
     returned = []
     for i in range(3):
