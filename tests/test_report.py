@@ -29,7 +29,7 @@ def store(tmp_path):
     parent = client.create_run(exp, run_name=f"{STUDY}-study", tags={tracking.STUDY_TAG: STUDY}).info.run_id
     results = []
     for tid, params, sdrs, end in TRIALS:
-        run_id = tracking.child_run(client, exp, parent, STUDY, tid, f"trial_{tid}")
+        run_id, _ = tracking.child_run(client, exp, parent, STUDY, tid, f"trial_{tid}")
         tracking.log_params(client, run_id, {"trainable_params": params, "lora.rank": params // 1500,
                                              "rank.encoder.0.conv": params // 1500, "rank.encoder.1.conv": 4})
         for epoch, sdr in enumerate(sdrs, 1):

@@ -39,34 +39,39 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def log_params(mlflow, run_id: str, params: dict[str, Any]) -> None:
-    from mlflow.entities import Param
+def log_params(mlflow, run_id: str, params: dict[str, Any], tags: dict[str, str] | None = None) -> None:
+    """Params (and tags) in as few of MLflow's batches as its limits allow: each batch is one
+    round trip and one commit to the store."""
+    from mlflow.entities import Param, RunTag
 
     items = [Param(key(k)[:250], str(v)[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 100):  # MLflow's batch limit
-        mlflow.log_batch(run_id, params=items[i:i + 100])
+    tagged = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+    for i in range(0, max(len(items), 1), 100):  # MLflow's batch limit
+        mlflow.log_batch(run_id, params=items[i:i + 100], tags=tagged if i == 0 else [])
 
 
-def log_metrics(mlflow, run_id: str, metrics: dict[str, float], step: int) -> None:
-    from mlflow.entities import Metric
+def log_metrics(mlflow, run_id: str, metrics: dict[str, float], step: int, tags: dict[str, str] | None = None) -> None:
+    from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
     items = [Metric(key(k), float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
-    mlflow.log_batch(run_id, metrics=items)
+    mlflow.log_batch(run_id, metrics=items, tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
 
 
-def child_run(mlflow, experiment_id: str, parent_id: str, study: str, trial_id: str, trial_name: str) -> str:
-    """The trial's child run: found by tag if it exists (retry/resume), created otherwise."""
+def child_run(mlflow, experiment_id: str, parent_id: str, study: str, trial_id: str,
+              trial_name: str) -> tuple[str, str | None]:
+    """The trial's child run, found by tag if it exists (retry/resume), created otherwise:
+    (run id, the status it had when found; None when created now)."""
     found = mlflow.search_runs([experiment_id], filter_string=(
         f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'"), max_results=1)
     if found:
-        run_id = found[0].info.run_id
-        if found[0].info.status != "FINISHED":  # a finished trial is never reopened (see trial.run_trial)
+        run_id, status = found[0].info.run_id, found[0].info.status
+        if status != "FINISHED":  # a finished trial is never reopened (see trial.run_trial)
             mlflow.update_run(run_id, status="RUNNING")
-        return run_id
+        return run_id, status
     run = mlflow.create_run(experiment_id, run_name=trial_name,
                             tags={PARENT_TAG: parent_id, STUDY_TAG: study, TRIAL_TAG: trial_id})
-    return run.info.run_id
+    return run.info.run_id, None
 
 
 def epochs(mlflow, run_id: str, metric: str) -> dict[int, float]:

@@ -78,15 +78,18 @@ def run_trial(sampled: dict, study: dict) -> None:
     cfg = merge(study["config"], sampled, study["paths"])
     t = study["tracking"]
     mlflow = tracking.client(t["uri"])
-    run_id = tracking.child_run(mlflow, t["experiment_id"], t["parent_id"], study["name"], ctx.get_trial_id(),
-                                ctx.get_trial_name())
-    if mlflow.get_run(run_id).info.status == "FINISHED":
+    run_id, found = tracking.child_run(mlflow, t["experiment_id"], t["parent_id"], study["name"],
+                                       ctx.get_trial_id(), ctx.get_trial_name())
+    if found == "FINISHED":
         # restored by --resume after the driver died between the trial's end and Tune saving it:
         # the trial is complete (MLflow has every epoch and its adapter); nothing is trained again
         return
     tracking.log_params(mlflow, run_id, {**tracking.flatten({k: v for k, v in cfg.items() if k != "data"}),
                                          **{f"sampled.{k}": v for k, v in sampled.items()}})
-    loop_config = {"cfg": cfg, "uri": t["uri"], "run_id": run_id, "train_fn": study.get("train_fn")}
+    # a run found again (a retry or a resumed study) may hold epochs already: the loop reads them.
+    # Ray Train retries its workers with this same config, so only a direct trial's run is known new
+    loop_config = {"cfg": cfg, "uri": t["uri"], "run_id": run_id, "train_fn": study.get("train_fn"),
+                   "new_run": found is None and executor(cfg["resources"]) == "direct"}
     try:
         if executor(cfg["resources"]) == "direct":
             pin_threads(cfg["resources"])
@@ -177,7 +180,7 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
     mlflow = tracking.client(config["uri"]) if rank0 else None
     metric, mode = cfg["objective"]["metric"], cfg["objective"]["mode"]
     # a resumed trial keeps comparing against the best epoch it logged before
-    logged = list(tracking.epochs(mlflow, run_id, metric).values()) if rank0 else []
+    logged = list(tracking.epochs(mlflow, run_id, metric).values()) if rank0 and not config.get("new_run") else []
     best = {"value": (max if mode == "max" else min)(logged) if logged else None}
     setups: list[loop.Setup] = []  # kept by ``describe``: the preview needs the model and the valid split
     costs: dict[str, int] = {}  # trainable_params, adapter_bytes: filled by ``describe``
@@ -187,16 +190,16 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
 
     def report(metrics: dict, folder: Path) -> None:
         if rank0:
-            tracking.log_metrics(mlflow, run_id, metrics, step=int(metrics["epoch"]))
             value = metrics.get(metric)
             better = value is not None and math.isfinite(value) and (
                 best["value"] is None or (value > best["value"] if mode == "max" else value < best["value"]))
-            if better:  # the adapter at the best epoch is the trial's artifact
+            if better:  # the adapter at the best epoch is the trial's artifact, logged before the tag names it
                 best["value"] = value
                 mlflow.log_artifacts(run_id, str(folder / checkpoint.ADAPTER), "adapter")
-                mlflow.set_tag(run_id, "rankhouse.best_epoch", str(metrics["epoch"]))
-                if setups:  # a training function that describes no model has nothing to listen to
-                    log_preview(mlflow, run_id, setups[-1], metrics, device)
+            tracking.log_metrics(mlflow, run_id, metrics, step=int(metrics["epoch"]),
+                                 tags={"rankhouse.best_epoch": metrics["epoch"]} if better else None)
+            if better and setups:  # a training function that describes no model has nothing to listen to
+                log_preview(mlflow, run_id, setups[-1], metrics, device)
         # what the adapter costs rides along every report: a multi-objective search may minimise it
         ray_report({**metrics, **costs}, checkpoint=checkpoint_cls.from_directory(str(folder)) if rank0 else None)
 
@@ -214,11 +217,10 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
         with tempfile.TemporaryDirectory() as tmp:  # the adapter's size on disk, as it will be logged
             info["adapter_bytes"] = (lora.save(setup.model, Path(tmp)) / "adapter_model.safetensors").stat().st_size
         costs.update(trainable_params=info["trainable_params"], adapter_bytes=info["adapter_bytes"])
-        tracking.log_params(mlflow, run_id, {**info, **{f"rank.{m}": r for m, r in setup.ranks.items()}})
-        # which process trains (a tag: a retried trial runs in another process); for operators
+        # which process trains (tags: a retried trial runs in another process); for operators
         # and for the fault-tolerance test that kills it
-        mlflow.set_tag(run_id, "rankhouse.pid", str(os.getpid()))
-        mlflow.set_tag(run_id, "rankhouse.node", ray.util.get_node_ip_address())
+        tracking.log_params(mlflow, run_id, {**info, **{f"rank.{m}": r for m, r in setup.ranks.items()}},
+                            tags={"rankhouse.pid": os.getpid(), "rankhouse.node": ray.util.get_node_ip_address()})
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "ranks.json").write_text(json.dumps(setup.ranks, indent=1))
             mlflow.log_artifact(run_id, str(Path(tmp) / "ranks.json"))
