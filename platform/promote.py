@@ -135,7 +135,7 @@ def holdout(study: spaces.Study, sources: dict, samplerate: int) -> Holdout:
         what = f"{root} ({h['split']})"
     if not (root / h["split"]).is_dir():
         raise study.error("registry.holdout", f"{root / h['split']}: no such folder of tracks")
-    path = stem_cache.build(root, h["split"], stems_of(sources), samplerate, progress=Progress(f"cache holdout"))
+    path = stem_cache.build(root, h["split"], stems_of(sources), samplerate, progress=Progress("cache holdout"))
     cache = stem_cache.StemCache(path)
     return Holdout(cache, f"{what}, {len(cache)} tracks, first {h['max_seconds']:g} s"
                    if h["max_seconds"] else f"{what}, {len(cache)} tracks", h["max_seconds"])

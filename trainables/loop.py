@@ -72,6 +72,7 @@ class Setup:
     base: Base
     sources: dict[str, list[str]]
     family: Family
+    spec: lora.LoraSpec | None = None  # the adapters' (set by ``build_model``; None: full training)
     # filled in by ``train`` once the data is open, for reporters that need more than metrics
     # (a trial's audio preview separates an excerpt of the validation split with ``model``)
     valid: stem_cache.StemCache | None = None
@@ -96,8 +97,8 @@ def build_model(cfg: dict) -> Setup:
     if cfg.get("lora") is None:  # full training: the base trainer and the full fine-tuning reference
         setup.model.requires_grad_(True)
         return setup
-    spec = lora.LoraSpec.from_config(cfg["lora"])
-    setup.model, setup.ranks = setup.family.apply_lora(setup.model, spec, setup.modules_to_save)
+    setup.spec = lora.LoraSpec.from_config(cfg["lora"])
+    setup.model, setup.ranks = setup.family.apply_lora(setup.model, setup.spec, setup.modules_to_save)
     return setup
 
 
@@ -151,7 +152,7 @@ def train(cfg: dict, report: Report, resume_from: Path | None = None, device: to
     setup = build_model(cfg)
     epochs, steps = int(t["epochs"]), int(t["steps_per_epoch"])
     resumed = checkpoint.load(Path(resume_from)) if resume_from is not None else None
-    spec = lora.LoraSpec.from_config(cfg["lora"]) if cfg.get("lora") is not None else None
+    spec = setup.spec
     realloc_step, budget = None, None
     if spec is not None and spec.rank_mode == "gradient":
         budget = realloc.uniform_budget(setup.model, spec.rank)
