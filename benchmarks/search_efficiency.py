@@ -40,7 +40,8 @@ def run_search(method: str, seed: int, args, work: Path) -> dict:
            f"search.num_samples={args.trials}", "search.max_concurrent=2", f"search.seed={seed}",
            f"search.sampler={sampler}", f"search.scheduler.type={scheduler}",
            f"search.scheduler.grace_period={args.grace}", f"search.scheduler.reduction_factor={args.reduction}",
-           f"train.epochs={args.epochs}", f"train.steps_per_epoch={args.steps}", "train.valid_max_seconds=8.0",
+           f"train.epochs={args.epochs}", f"train.steps_per_epoch={args.steps}", f"train.batch_size={args.batch}",
+           f"train.valid_max_seconds={args.valid_seconds}",
            "resources.cpus_per_worker=1.0", f"tracking.output={out}", "--json", str(summary)]
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -58,7 +59,9 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=6, help="the most a trial trains (ASHA's max_t)")
-    p.add_argument("--steps", type=int, default=10, help="steps per epoch")
+    p.add_argument("--steps", type=int, default=8, help="steps per epoch")
+    p.add_argument("--batch", type=int, default=2, help="batch size")
+    p.add_argument("--valid-seconds", type=float, default=6.0, help="seconds of each valid song scored")
     p.add_argument("--grace", type=int, default=1, help="ASHA's grace period (epochs)")
     p.add_argument("--reduction", type=int, default=3, help="ASHA's reduction factor")
     args = p.parse_args()
@@ -83,7 +86,7 @@ def table(rows: list[dict], args) -> None:
     full = statistics.mean(of("random", "epochs"))
     top = max(statistics.mean(of(m, "best")) for m in METHODS)
     print(f"\n{args.trials} trials per search, at most {args.epochs} epochs x {args.steps} steps per trial, "
-          f"{args.seeds} seeds; base valid SDR {rows[0]['base']:.3f}")
+          f"batch {args.batch}, {args.seeds} seeds; base valid SDR {rows[0]['base']:.3f}")
     head = f"{'method':<12} {'best SDR':>16} {'vs top':>7} {'epochs':>8} {'of random':>9} {'minutes':>8}"
     print(head)
     print("-" * len(head))
