@@ -42,20 +42,25 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
 def log_params(mlflow, run_id: str, params: dict[str, Any], tags: dict[str, str] | None = None) -> None:
     """Params (and tags) in as few of MLflow's batches as its limits allow: each batch is one
     round trip and one commit to the store."""
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
     items = [Param(key(k)[:250], str(v)[:6000]) for k, v in params.items()]
-    tagged = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
     for i in range(0, max(len(items), 1), 100):  # MLflow's batch limit
-        mlflow.log_batch(run_id, params=items[i:i + 100], tags=tagged if i == 0 else [])
+        mlflow.log_batch(run_id, params=items[i:i + 100], tags=_run_tags(tags) if i == 0 else [])
 
 
 def log_metrics(mlflow, run_id: str, metrics: dict[str, float], step: int, tags: dict[str, str] | None = None) -> None:
-    from mlflow.entities import Metric, RunTag
+    from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     items = [Metric(key(k), float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
-    mlflow.log_batch(run_id, metrics=items, tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+    mlflow.log_batch(run_id, metrics=items, tags=_run_tags(tags))
+
+
+def _run_tags(tags: dict[str, Any] | None) -> list:
+    from mlflow.entities import RunTag
+
+    return [RunTag(k, str(v)) for k, v in (tags or {}).items()]
 
 
 def child_run(mlflow, experiment_id: str, parent_id: str, study: str, trial_id: str,

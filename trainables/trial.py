@@ -88,10 +88,11 @@ def run_trial(sampled: dict, study: dict) -> None:
                                          **{f"sampled.{k}": v for k, v in sampled.items()}})
     # a run found again (a retry or a resumed study) may hold epochs already: the loop reads them.
     # Ray Train retries its workers with this same config, so only a direct trial's run is known new
+    direct = executor(cfg["resources"]) == "direct"
     loop_config = {"cfg": cfg, "uri": t["uri"], "run_id": run_id, "train_fn": study.get("train_fn"),
-                   "new_run": found is None and executor(cfg["resources"]) == "direct"}
+                   "new_run": found is None and direct}
     try:
-        if executor(cfg["resources"]) == "direct":
+        if direct:
             pin_threads(cfg["resources"])
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
             _run_loop(loop_config, ray.tune.report, ray.tune.get_checkpoint(), ray.tune.Checkpoint, 0, device)
