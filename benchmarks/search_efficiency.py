@@ -56,14 +56,14 @@ def run_search(method: str, seed: int, args, work: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trials", type=int, default=12)
+    p.add_argument("--trials", type=int, default=16)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=6, help="the most a trial trains (ASHA's max_t)")
-    p.add_argument("--steps", type=int, default=8, help="steps per epoch")
+    p.add_argument("--epochs", type=int, default=8, help="the most a trial trains (ASHA's max_t)")
+    p.add_argument("--steps", type=int, default=4, help="steps per epoch")
     p.add_argument("--batch", type=int, default=2, help="batch size")
     p.add_argument("--valid-seconds", type=float, default=6.0, help="seconds of each valid song scored")
     p.add_argument("--grace", type=int, default=1, help="ASHA's grace period (epochs)")
-    p.add_argument("--reduction", type=int, default=3, help="ASHA's reduction factor")
+    p.add_argument("--reduction", type=int, default=4, help="ASHA's reduction factor")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rankhouse-search-efficiency-"))
     started = time.perf_counter()
