@@ -174,8 +174,6 @@ def note_restart(mlflow, run_id: str, epoch: int) -> None:
 def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: int, device: torch.device,
               prepare: Callable | None = None) -> None:
     """The loop with Ray reporting and (rank 0 only) MLflow logging and checkpoints, for either executor."""
-    from trainables import loop
-
     cfg, run_id = config["cfg"], config["run_id"]
     rank0 = rank == 0
     mlflow = tracking.client(config["uri"]) if rank0 else None
@@ -186,8 +184,13 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
     setups: list[loop.Setup] = []  # kept by ``describe``: the preview needs the model and the valid split
     costs: dict[str, int] = {}  # trainable_params, adapter_bytes: filled by ``describe``
     # ``loop.train`` unless the search passed another function of the same signature
-    # (benchmarks/scheduling.py measures the platform's bookkeeping around a trivial one)
-    train = config.get("train_fn") or loop.train
+    # (benchmarks/scheduling.py measures the platform's bookkeeping around a trivial one, which
+    # must not pay for the loop's imports: PEFT and transformers, ~5 s of CPU per trial process)
+    train = config.get("train_fn")
+    if train is None:
+        from trainables import loop
+
+        train = loop.train
 
     def report(metrics: dict, folder: Path) -> None:
         if rank0:
