@@ -6,7 +6,9 @@ trials of ask + 12 sampled parameters + 3 reports + tell with multivariate TPE o
 
   sqlite     Optuna's RDBStorage on SQLite (a commit per ask, parameter, report and tell)
   memory     Optuna's in-memory storage (what the searcher samples on)
-  + record   memory, plus copying each finished trial into a SQLite study (what it does)
+  + record   memory, plus copying each finished trial into a SQLite study (what it does; the
+             searcher makes the copy on a thread of its own, off Tune's event loop, so this
+             row is the work, not the time the loop waits: benchmarks/scheduling.py measures that)
 
     .venv/bin/python -m benchmarks.optuna_storage --trials 100   (from the repository root)
 """

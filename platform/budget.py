@@ -83,6 +83,7 @@ class BudgetedOptunaSearch(BestEpochOptunaSearch):
             self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
             self.record(ot_trial, None)  # no Tune trial: the same trial samples again
             print(f"search: sample {ot_trial.number} rejected before training: {reason}", flush=True)
+        self.flush()  # the search ends here: the record keeps the rejections that ended it
         if self.budget is None:
             raise RankhouseError(f"search.space: {MAX_CONSECUTIVE_REJECTIONS} samples in a row could not be built "
                                  f"(the last: {reason}); narrow the space (e.g. keep one lora.placement group on)")

@@ -14,14 +14,24 @@ and 3 reports took 6.1 s of driver time on SQLite, 0.4 s in memory and 2.7 s in 
 the record below (``benchmarks/optuna_storage.py``, Optuna 5.0). Each
 finished (or rejected) trial is copied to the ``record`` study in SQLite, one commit per
 trial: that is the study the summary, the plots and ``optuna-dashboard`` read, and it never
-holds a trial that is still running. ``--resume`` restores the in-memory study (and what this
-searcher remembers) from Tune's saved searcher state (``OptunaSearch.save`` pickles
-``__dict__``), which Tune writes together with its trial states, so the two always agree.
+holds a trial that is still running. The copy is made on a thread of its own (``_RecordWriter``):
+Optuna's ORM spends ~25 ms a trial on it (a SELECT per parameter), which on Tune's event loop
+held up every next trial (5.4 s of the 16.6 s the loop was busy in the 200-trial
+``benchmarks/scheduling.py``).
+
+``--resume`` restores the in-memory study (and what this searcher remembers) from Tune's saved
+searcher state (``OptunaSearch.save`` pickles ``__dict__``), which Tune writes together with its
+trial states. ``save`` first waits until the record holds every trial finished so far, so the
+record holds at least what the saved state calls finished: a trial that finished after the last
+save runs again after a resume and is recorded then (once: the record dedupes by Ray trial id).
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import queue
+import threading
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
@@ -54,8 +64,7 @@ class BestEpochOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self._best_reports: dict[str, dict] = {}
         self._record_url = record
-        self._record: optuna.Study | None = None  # opened on the first finished trial
-        self._recorded: set[str] | None = None  # Ray trial ids in the record; read once per driver
+        self._writer: _RecordWriter | None = None  # started on the first finished trial
 
     @property
     def _primary(self) -> tuple[str, str]:
@@ -79,35 +88,75 @@ class BestEpochOptunaSearch(OptunaSearch):
             self.record(ot_trial, trial_id)
 
     def record(self, ot_trial: optuna.Trial, trial_id: str | None) -> None:
-        """Copy a trial the in-memory study has finished into the SQLite record, once: a
-        ``--resume``d search may finish again a trial that had finished after Tune last saved."""
+        """Queue a trial the in-memory study has finished for the SQLite record."""
         if self._record_url is None:
             return
         frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
         if frozen.state == optuna.trial.TrialState.RUNNING:  # the tell failed (Tune logged why)
             return
-        if self._record is None:
-            self._record = optuna.create_study(storage=self._record_url, study_name=self._study_name,
-                                               directions=self._ot_study.directions, load_if_exists=True)
-        if self._recorded is None:
-            self._recorded = {t.user_attrs.get(TRIAL_ATTR) for t in self._record.get_trials(deepcopy=False)}
-        if trial_id is not None and trial_id in self._recorded:
-            return
-        self._record.add_trial(optuna.trial.create_trial(
-            state=frozen.state, values=frozen.values, params=frozen.params, distributions=frozen.distributions,
-            user_attrs={**frozen.user_attrs, **({TRIAL_ATTR: trial_id} if trial_id else {})},
-            system_attrs=frozen.system_attrs, intermediate_values=frozen.intermediate_values))
-        if trial_id is not None:
-            self._recorded.add(trial_id)
+        if self._writer is None:
+            self._writer = _RecordWriter(self._record_url, self._study_name, self._ot_study.directions)
+        self._writer.put(copy.deepcopy(frozen), trial_id)
+
+    def flush(self) -> None:
+        """Return once the record holds every trial queued so far (raises what writing it raised)."""
+        if self._writer is not None:
+            self._writer.flush()
 
     def save(self, checkpoint_path: str) -> None:
-        # the record's connection and id cache are the driver's, not state: a restored searcher opens them again
-        record, recorded = self._record, self._recorded
-        self._record = self._recorded = None
+        # Tune's saved state must not call finished a trial the record lacks (see the module's doc)
+        self.flush()
+        # the writer (its thread and the record's connection) is the driver's, not state: a
+        # restored searcher starts its own
+        writer, self._writer = self._writer, None
         try:
             super().save(checkpoint_path)
         finally:
-            self._record, self._recorded = record, recorded
+            self._writer = writer
+
+
+class _RecordWriter:
+    """Copies finished trials into the record study, in order, on a daemon thread. Only this
+    thread touches the record's storage; ``flush`` waits for the queue to drain."""
+
+    def __init__(self, url: str, study_name: str, directions: list):
+        self._url, self._study_name, self._directions = url, study_name, directions
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        threading.Thread(target=self._run, name="optuna-record", daemon=True).start()
+
+    def put(self, frozen: optuna.trial.FrozenTrial, trial_id: str | None) -> None:
+        self._queue.put((frozen, trial_id))
+
+    def flush(self) -> None:
+        self._queue.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        record, recorded = None, None
+        while True:
+            frozen, trial_id = self._queue.get()
+            try:
+                if record is None:
+                    record = optuna.create_study(storage=self._url, study_name=self._study_name,
+                                                 directions=self._directions, load_if_exists=True)
+                    # Ray trial ids already recorded, read once: a --resume'd search may finish
+                    # again a trial that had finished after Tune last saved
+                    recorded = {t.user_attrs.get(TRIAL_ATTR) for t in record.get_trials(deepcopy=False)}
+                if trial_id is None or trial_id not in recorded:
+                    record.add_trial(optuna.trial.create_trial(
+                        state=frozen.state, values=frozen.values, params=frozen.params,
+                        distributions=frozen.distributions,
+                        user_attrs={**frozen.user_attrs, **({TRIAL_ATTR: trial_id} if trial_id else {})},
+                        system_attrs=frozen.system_attrs, intermediate_values=frozen.intermediate_values))
+                    if trial_id is not None:
+                        recorded.add(trial_id)
+            except BaseException as exc:  # raised to the driver by the next flush
+                self._error = exc
+            finally:
+                self._queue.task_done()
 
 
 TRIAL_ATTR = "ray_trial_id"  # user attribute of a recorded trial: the Tune trial it was

@@ -62,6 +62,7 @@ def test_over_budget_samples_are_pruned_in_optuna_and_never_returned(config, tmp
         sampled = s.suggest(f"t{i}")
         assert sampled == {"lora.rank": 2}  # every configuration Tune receives fits
         s.on_trial_complete(f"t{i}", result={"valid/sdr": 1.0, "training_iteration": 1})
+    s.flush()  # the record is written on a thread of its own
     trials = optuna.load_study(study_name="budget", storage=storage).get_trials()
     pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
     assert pruned and all(t.params == {"lora.rank": 8} for t in pruned)
@@ -85,6 +86,7 @@ def test_with_tpe_rejections_are_ignored_and_every_trial_fits(config, tmp_path):
         rank = s.suggest(f"t{i}")["lora.rank"]
         assert rank <= 4
         s.on_trial_complete(f"t{i}", result={"valid/sdr": float(rank), "training_iteration": 1})
+    s.flush()
     trials = optuna.load_study(study_name="budget", storage=storage).get_trials()
     assert {t.state for t in trials} <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
     assert all(t.params["lora.rank"] > 4 for t in trials if t.state == optuna.trial.TrialState.PRUNED)

@@ -93,6 +93,7 @@ def test_optuna_is_told_the_best_epoch_not_the_last(tmp_path, multi):
     for result in epochs:
         s.on_trial_result("t0", result)
     s.on_trial_complete("t0", result=epochs[-1])
+    s.flush()  # the record is written on a thread of its own
     trial = optuna.load_study(study_name="mo", storage=f"sqlite:///{tmp_path / 'optuna.db'}").get_trials()[0]
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert trial.values == ([3.5, 0.25] if multi else [3.5])

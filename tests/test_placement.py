@@ -144,6 +144,7 @@ def test_a_sample_with_every_group_off_is_rejected_without_a_budget(tmp_path, ma
         searcher.on_trial_complete(f"t{i}", result={"valid/sdr": 1.0, "training_iteration": 1})
     assert {"lora.placement.tencoder": False, "lora.placement.transformer": False} not in returned
     assert len({tuple(sorted(r.items())) for r in returned}) == 3  # the three buildable cells of the grid
+    searcher.flush()  # the record is written on a thread of its own
     rows = rejected(storage, "placed")
     assert [r["params"] for r in rows] == [{"lora.placement.tencoder": False, "lora.placement.transformer": False}]
     assert "every targeted module is in a group switched off" in rows[0]["reason"]

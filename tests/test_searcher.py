@@ -63,6 +63,7 @@ def test_the_record_holds_each_finished_trial_once_and_no_running_one(tmp_path):
     sampled = {t: s.suggest(t) for t in ("t0", "t1")}
     assert recorded(url) == {}  # asked and sampled, not finished: nothing written
     finish(s, "t0", 2.5)
+    s.flush()
     got = recorded(url)
     assert list(got) == ["t0"] and got["t0"].state == optuna.trial.TrialState.COMPLETE and got["t0"].value == 2.5
     assert got["t0"].params == sampled["t0"]
@@ -72,15 +73,47 @@ def test_the_record_holds_each_finished_trial_once_and_no_running_one(tmp_path):
     saved = tmp_path / "searcher.pkl"
     s.save(str(saved))
     finish(s, "t1", 1.0)
+    s.flush()  # the killed driver had recorded t1 after its last save
     restored = searcher(url)
     restored.restore(str(saved))
     finish(restored, "t1", 1.5)  # finished again after the restore: recorded once, the first time
     restored.suggest("t2")
     finish(restored, "t2", 3.0)
+    restored.flush()
     got = recorded(url)
     assert sorted(got) == ["t0", "t1", "t2"] and got["t1"].value == 1.0 and got["t2"].value == 3.0
     # the restored sampler's own study knows every trial it was told of, t0 from the saved state
     assert [t.value for t in restored._ot_study.get_trials()] == [2.5, 1.5, 3.0]
+
+
+def test_saving_the_searcher_waits_for_the_record_of_every_finished_trial(tmp_path):
+    """The record is written on a thread of its own; Tune's saved state must never call finished
+    a trial the record lacks, so ``save`` drains the queue first."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    s = searcher(url)
+    ids = [f"t{i}" for i in range(8)]
+    for i, trial_id in enumerate(ids):
+        s.suggest(trial_id)
+        finish(s, trial_id, float(i))
+    s.save(str(tmp_path / "searcher.pkl"))
+    got = recorded(url)
+    assert sorted(got) == ids and [got[t].value for t in ids] == [float(i) for i in range(8)]
+    # the saved state holds no thread or connection: it restores into a searcher that records again
+    restored = searcher(url)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.suggest("t8")
+    finish(restored, "t8", 8.0)
+    restored.flush()
+    assert sorted(recorded(url)) == ids + ["t8"]
+
+
+def test_a_record_that_cannot_be_written_fails_the_next_flush(tmp_path):
+    s = searcher(f"sqlite:///{tmp_path / 'missing' / 'optuna.db'}")  # SQLite cannot create the folder
+    s.suggest("t0")
+    finish(s, "t0", 1.0)  # queued: the driver's event loop is not held up by the write
+    with pytest.raises(Exception):
+        s.flush()
+    s.flush()  # reported once
 
 
 def test_the_searcher_refuses_a_storage_for_its_own_study(tmp_path):
