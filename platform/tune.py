@@ -390,9 +390,7 @@ def close_child_runs(study: spaces.Study, results, uri: str, exp_id: str, parent
     stopped (or whose last report crossed Tune's stop) before it can close its own run."""
     mlflow = tracking.client(uri)
     tune_trials = {Path(r.path).name.removeprefix("trial_"): r for r in results}
-    for run in tracking.children(mlflow, exp_id, parent_id):
-        if run.info.status != "RUNNING":
-            continue
+    for run in tracking.children(mlflow, exp_id, parent_id, status="RUNNING"):
         result = tune_trials.get(run.data.tags.get(tracking.TRIAL_TAG))
         if result is None:
             # started just before a killed driver could save it in Tune's state: --resume does not

@@ -84,6 +84,9 @@ def epochs(mlflow, run_id: str, metric: str) -> dict[int, float]:
     return {m.step: m.value for m in sorted(mlflow.get_metric_history(run_id, key(metric)), key=lambda m: m.timestamp)}
 
 
-def children(mlflow, experiment_id: str, parent_id: str) -> Iterable:
-    return mlflow.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
+def children(mlflow, experiment_id: str, parent_id: str, status: str | None = None) -> Iterable:
+    """The parent's child runs (only those in ``status``, if given: the store filters them, so
+    the runs that are not wanted are never loaded with their params and tags)."""
+    only = f" and attributes.status = '{status}'" if status else ""
+    return mlflow.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'{only}",
                               max_results=10_000)
