@@ -122,7 +122,7 @@ class _RecordWriter:
     def __init__(self, url: str, study_name: str, directions: list):
         self._url, self._study_name, self._directions = url, study_name, directions
         self._queue: queue.Queue = queue.Queue()
-        self._error: BaseException | None = None
+        self._error: Exception | None = None
         threading.Thread(target=self._run, name="optuna-record", daemon=True).start()
 
     def put(self, frozen: optuna.trial.FrozenTrial, trial_id: str | None) -> None:
@@ -153,7 +153,7 @@ class _RecordWriter:
                         system_attrs=frozen.system_attrs, intermediate_values=frozen.intermediate_values))
                     if trial_id is not None:
                         recorded.add(trial_id)
-            except BaseException as exc:  # raised to the driver by the next flush
+            except Exception as exc:  # raised to the driver by the next flush
                 self._error = exc
             finally:
                 self._queue.task_done()
