@@ -96,6 +96,7 @@ class BestEpochOptunaSearch(OptunaSearch):
             return
         if self._writer is None:
             self._writer = _RecordWriter(self._record_url, self._study_name, self._ot_study.directions)
+        # the in-memory storage hands out its own object, not a copy: the writer thread gets one
         self._writer.put(copy.deepcopy(frozen), trial_id)
 
     def flush(self) -> None:
