@@ -17,6 +17,7 @@ from trainables import lora, loop
 from trainables.data import cache as stem_cache
 from trainables.data.layout import normalize_sources, stems_of
 from trainables.errors import RankhouseError
+from trainables.family import get_family
 
 
 @dataclass
@@ -46,9 +47,9 @@ def resolve_data(study: Study) -> dict:
     # trials run in other processes and folders: every path they get is absolute
     if d["cache_dir"]:
         d["cache_dir"] = str(Path(d["cache_dir"]).expanduser().resolve())
-    base = str(cfg["model"]["base"])
-    if Path(base).suffix or "/" in base:  # a checkpoint file (names like htdemucs_ft have no suffix)
-        cfg["model"]["base"] = str(Path(base).expanduser().resolve())
+    base = get_family(cfg["model"]["family"]).resolve_base(cfg["model"]["base"])
+    if isinstance(base, Path) and cfg["model"]["base"] != "embedded":  # a file: trials run in other folders
+        cfg["model"]["base"] = str(base.resolve())
     if cfg["model"]["config"]:
         cfg["model"]["config"] = str(Path(cfg["model"]["config"]).expanduser().resolve())
     unknown = sorted(set(d["stems"]) - set(sources))

@@ -185,7 +185,7 @@ def test_base_errors(tmp_path):
 
 
 def test_embedded_missing_says_how_to_build_it(monkeypatch, tmp_path):
-    monkeypatch.setattr(bs_roformer, "EMBEDDED", tmp_path / "absent.safetensors")
+    monkeypatch.setattr(bs_roformer.BSRoformerFamily, "embedded", tmp_path / "absent.safetensors")
     with pytest.raises(RankhouseError, match="platform.base --family bs_roformer"):
         get_family("bs_roformer").build_base({"base": "embedded"})
 

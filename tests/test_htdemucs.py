@@ -69,10 +69,15 @@ def test_adapt_sources_reorders_heads(make_tiny, tiny_kwargs, tiny_mix):
         assert torch.equal(out[:, i], ref[:, base_model.sources.index(source)]), source
 
 
-def test_adapt_sources_same_sources_keeps_the_base(make_tiny, tiny_kwargs):
+def test_adapt_sources_same_sources_copies_the_base(make_tiny, tiny_kwargs, tiny_mix):
+    """A model of its own: adapters injected into it must not reach the base, which promotion
+    uses as the unadapted reference."""
     base_model = make_tiny()
     model, heads = get_family("htdemucs").adapt_sources(as_base(base_model, tiny_kwargs), list(base_model.sources), {})
-    assert model is base_model and heads == []
+    assert model is not base_model and heads == []
+    assert not set(map(id, model.parameters())) & set(map(id, base_model.parameters()))
+    with torch.no_grad():
+        assert torch.equal(model(tiny_mix), base_model(tiny_mix))
 
 
 def test_adapt_sources_errors(make_tiny, tiny_kwargs):
@@ -124,9 +129,9 @@ def test_load_safetensors_refuses_a_foreign_file(tmp_path):
         htdemucs.load_safetensors(path)
 
 
-def test_build_base_embedded_missing_says_make_base(monkeypatch, tmp_path):
-    monkeypatch.setattr(htdemucs, "EMBEDDED", tmp_path / "nothing.safetensors")
-    with pytest.raises(RankhouseError, match="make base") as err:
+def test_build_base_embedded_missing_says_how_to_build_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(htdemucs.HTDemucsFamily, "embedded", tmp_path / "nothing.safetensors")
+    with pytest.raises(RankhouseError, match="platform.base --family htdemucs") as err:
         get_family("htdemucs").build_base({"base": "embedded"})
     assert "nothing.safetensors" in str(err.value)
 

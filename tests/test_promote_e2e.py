@@ -57,10 +57,10 @@ pytestmark = pytest.mark.slow
 
 
 class Study:
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, space: str = SPACE):
         self.work, self.out = work, work / "out"
         self.space = work / "promo.yaml"
-        self.space.write_text(SPACE.replace("OUT", str(self.out)))
+        self.space.write_text(space.replace("OUT", str(self.out)))
         self.env = {**os.environ, "RANKHOUSE_HOME": str(work / "home")}
         self.uri = f"sqlite:///{self.out / 'mlflow.db'}"
 
@@ -100,6 +100,25 @@ def study(tmp_path_factory) -> dict:
     steps["s3"] = s.tune("s3", "train.epochs=4", "train.steps_per_epoch=12")
     steps["p3"] = s.promote("p3")
     return {"study": s, **steps}
+
+
+def test_a_study_that_keeps_the_base_sources_is_promoted_over_the_unadapted_base(tmp_path):
+    """4 stems -> the same 4 stems: the reference must be the base without the adapter. (When the
+    family returned the base model itself, the adapter was injected into the reference too:
+    a gain of exactly 0, and such a study could never be promoted.)"""
+    four = SPACE.replace("sources: [kick, hihat, bass, other, vocals],\n        parents: {kick: drums, hihat: drums}}",
+                         "sources: [drums, bass, other, vocals]}")
+    four = four.replace("data: {root: embedded,", "data: {sources: {drums: [kick, hihat], bass: [bass], other: [other], "
+                                                  "vocals: [vocals]}, root: embedded,")
+    four = four.replace("model_name: promo-htdemucs", "model_name: promo-four")
+    assert "drums, bass, other, vocals" in four and "promo-four" in four and "drums: [kick, hihat]" in four
+    s = Study(tmp_path, four)
+    s.tune("s1", "train.epochs=2", "train.steps_per_epoch=12")
+    proc, decision = s.promote("p1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert decision["decision"] == "promoted" and decision["reference"]["label"] == "base (no adapter)"
+    assert decision["gain_db"] > 0.05, decision
+    assert decision["candidate"]["holdout"]["sdr"] != decision["reference"]["holdout"]["sdr"]
 
 
 def champion(s: Study) -> str:

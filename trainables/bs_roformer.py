@@ -31,7 +31,6 @@ import copy
 import hashlib
 import inspect
 import json
-import os
 import re
 import warnings
 from pathlib import Path
@@ -255,6 +254,7 @@ def load_msst(path: Path, config: Path) -> tuple[nn.Module, dict]:
 class BSRoformerFamily(Family):
     name = "bs_roformer"
     embedded = EMBEDDED
+    checkpoint_suffixes = (".safetensors", ".ckpt", ".pth", ".pt")  # rankhouse's, and MSST's
     # attention (fused qkv and output; Mel-Band RoFormer's linear-attention blocks name them
     # to_qkv.0 and to_out.1) and feed-forward layers of every time and frequency transformer.
     # to_gates (dim -> heads) is left out: its min(fan_in, fan_out) is the head count, below
@@ -263,24 +263,17 @@ class BSRoformerFamily(Family):
 
     def build_base(self, cfg: dict) -> Base:
         base = str(cfg.get("base", "embedded"))
-        if base == "scratch":  # a freshly initialised model: what the embedded base is trained from
+        ref = self.resolve_base(base)
+        if ref == "scratch":  # a freshly initialised model: what the embedded base is trained from
             sources = list(cfg.get("base_sources") or EMBEDDED_SOURCES)
             kwargs = {**EMBEDDED_KWARGS, **dict(cfg.get("kwargs") or {}), "num_stems": len(sources)}
             info = {"arch": "bs_roformer", "kwargs": kwargs, "sources": sources, "samplerate": EMBEDDED_SAMPLERATE,
                     "segment": EMBEDDED_SEGMENT}
             return self._base(new_model("bs_roformer", kwargs), info, {"name": "scratch", "sha256": None})
-        if base == "embedded":
-            if not EMBEDDED.is_file():
-                raise RankhouseError(f"{EMBEDDED}: the embedded base is missing; rebuild it with "
-                                     "python -m platform.base --family bs_roformer")
-            path = EMBEDDED
-        elif base.endswith((".safetensors", ".ckpt", ".pth", ".pt")) or os.sep in base:
-            path = Path(base).expanduser()
-            if not path.is_file():
-                raise RankhouseError(f"model.base: {path}: no such file")
-        else:
+        if not isinstance(ref, Path):
             raise RankhouseError(f"model.base: {base!r}: bs_roformer has no pretrained names; pass 'embedded', "
                                  "a rankhouse .safetensors checkpoint, or an MSST checkpoint with model.config")
+        path = ref
         if path.suffix == ".safetensors":
             model, info = load_safetensors(path)
         else:
@@ -329,7 +322,7 @@ class BSRoformerFamily(Family):
     def adapt_sources(self, base: Base, sources: list[str], parents: dict[str, str]) -> tuple[nn.Module, list[str]]:
         sources = list(sources)
         if sources == base.sources:
-            return base.model, []
+            return copy.deepcopy(base.model).eval(), []
         origin = parent_indices(base, sources, parents)
         model = copy.deepcopy(base.model)
         model.mask_estimators = nn.ModuleList(copy.deepcopy(base.model.mask_estimators[i]) for i in origin)

@@ -3,7 +3,9 @@ never special-case a model. A family is one module in ``trainables/`` registered
 
 from __future__ import annotations
 
+import copy
 import importlib
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,17 +38,40 @@ class Family(ABC):
     name: str
     default_targets: list[str] = ["*"]  # LoRA targets when the config names none
     embedded: Path | None = None  # the embedded base's asset, built by ``python -m platform.base --family NAME``
+    checkpoint_suffixes: tuple[str, ...] = (".safetensors",)  # names that are checkpoint files
 
     @abstractmethod
     def build_base(self, cfg: dict) -> Base:
         """Build the base from ``cfg['base']``: ``embedded``, a pretrained name, a checkpoint path,
         or ``scratch`` (a new model of the embedded architecture with ``cfg['base_sources']``)."""
 
+    def resolve_base(self, name: str) -> str | Path:
+        """What ``model.base`` names, decided here only: ``scratch``; the embedded asset or a
+        checkpoint file (a ``Path``, checked to exist: a name with one of
+        ``checkpoint_suffixes`` or a folder in it); else a pretrained name the family knows."""
+        name = str(name)
+        if name == "scratch":
+            return name
+        if name == "embedded":
+            if self.embedded is None or not self.embedded.is_file():
+                raise RankhouseError(f"{self.embedded}: the embedded base is missing; rebuild it with "
+                                     f"python -m platform.base --family {self.name}")
+            return self.embedded
+        if name.endswith(self.checkpoint_suffixes) or "/" in name or os.sep in name:
+            path = Path(name).expanduser()
+            if not path.is_file():
+                raise RankhouseError(f"model.base: {path}: no such file")
+            return path
+        return name
+
     def adapt_sources(self, base: Base, sources: list[str], parents: dict[str, str]) -> tuple[nn.Module, list[str]]:
-        """A model for ``sources`` and the modules to train fully (new output heads), if any."""
+        """A model for ``sources`` and the modules to train fully (new output heads), if any.
+
+        Always a model of its own, never ``base.model``: adapters are injected into it in place,
+        and the base must stay the unadapted reference (promotion compares against it)."""
         if list(sources) != list(base.sources):
             raise RankhouseError(f"model.sources: {self.name} cannot change its sources")
-        return base.model, []
+        return copy.deepcopy(base.model).eval(), []
 
     def rank_scales(self, names: list[str]) -> dict[str, float]:
         """``lora.rank_mode: heuristic``: a rank multiplier per targeted module path, by depth and

@@ -13,8 +13,9 @@ fully; shared sources keep their exact weights.
 
 from __future__ import annotations
 
+import copy
+
 import json
-import os
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -112,6 +113,7 @@ def find_pretrained(name: str) -> Path:
 class HTDemucsFamily(Family):
     name = "htdemucs"
     embedded = EMBEDDED
+    checkpoint_suffixes = (".safetensors", ".th")  # rankhouse's, and demucs' own
     # the layers that carry the model: each encoder/decoder's main conv and 1x1 rewrite, and the
     # cross-domain transformer. The DConv residual branches are left out by default: they are
     # bottlenecks of a few channels (a 16-channel layer's branch has 2), so any useful rank
@@ -122,22 +124,14 @@ class HTDemucsFamily(Family):
 
     def build_base(self, cfg: dict) -> Base:
         base = str(cfg.get("base", "embedded"))
-        if base == "scratch":  # a freshly initialised model: what the embedded base is trained from
+        ref = self.resolve_base(base)
+        if ref == "scratch":  # a freshly initialised model: what the embedded base is trained from
             sources = list(cfg.get("base_sources") or EMBEDDED_SOURCES)
             kwargs = {**EMBEDDED_KWARGS, **dict(cfg.get("kwargs") or {})}
             model = new_model(sources, kwargs)
             return Base(model=model, sources=sources, samplerate=int(model.samplerate), segment=float(model.segment),
                         identity={"name": "scratch", "sha256": None}, config={"kwargs": kwargs})
-        if base == "embedded":
-            if not EMBEDDED.is_file():
-                raise RankhouseError(f"{EMBEDDED}: the embedded base is missing; rebuild it with make base")
-            path = EMBEDDED
-        elif base.endswith((".safetensors", ".th")) or os.sep in base:
-            path = Path(base).expanduser()
-            if not path.is_file():
-                raise RankhouseError(f"model.base: {path}: no such file")
-        else:
-            path = find_pretrained(base)
+        path = ref if isinstance(ref, Path) else find_pretrained(ref)
         model, kwargs = load_safetensors(path) if path.suffix == ".safetensors" else load_demucs_package(path)
         model.eval()
         return Base(model=model, sources=list(model.sources), samplerate=int(model.samplerate),
@@ -179,7 +173,7 @@ class HTDemucsFamily(Family):
     def adapt_sources(self, base: Base, sources: list[str], parents: dict[str, str]) -> tuple[nn.Module, list[str]]:
         sources = list(sources)
         if sources == base.sources:
-            return base.model, []
+            return copy.deepcopy(base.model).eval(), []
         origin = parent_indices(base, sources, parents)
         model = new_model(sources, base.config["kwargs"])
         old, new = base.model.state_dict(), model.state_dict()
