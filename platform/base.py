@@ -77,6 +77,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", type=Path, default=None, help="default: the family's embedded asset")
     p.add_argument("--resume", action="store_true",
                    help="continue --work's run from its best weights and curve (use a new --seed and a lower --lr)")
+    p.add_argument("--init", type=Path,
+                   help="start from these weights (a base checkpoint of this architecture) instead of a new model")
     p.add_argument("--finalize", action="store_true",
                    help="write the asset and card from --work's best checkpoint and curve of an interrupted run")
     args = p.parse_args(argv)
@@ -84,6 +86,10 @@ def main(argv: list[str]) -> int:
     args.out = args.out or family.embedded
     if args.out is None:
         raise RankhouseError(f"--family {args.family}: the family has no embedded asset; pass --out PATH.safetensors")
+    if args.init and args.resume:
+        raise RankhouseError("--init and --resume: a resumed run starts from its own best weights; pass one of them")
+    if args.init and not args.init.is_file():
+        raise RankhouseError(f"--init {args.init}: no such file")
 
     root = embedded_corpus("generic", args.songs, args.seconds, args.data_seed)
     best_path = args.work / "best.safetensors"
@@ -104,6 +110,8 @@ def main(argv: list[str]) -> int:
     def load_best(setup) -> None:
         if args.resume:
             setup.model.load_state_dict(load_file(str(best_path)))
+        elif args.init:
+            setup.model.load_state_dict(initial_weights(args.init))
 
     def report(metrics: dict, folder: Path) -> bool:
         minutes = (time.time() - started) / 60
@@ -133,6 +141,15 @@ def main(argv: list[str]) -> int:
 
     loop.train(cfg, report, on_setup=load_best)
     return finalize(family, args, train_argv, root, curve, stop_reason["why"], (time.time() - started) / 60)
+
+
+def initial_weights(path: Path) -> dict:
+    """``--init``'s weights. A BS-RoFormer base written for the ``bs-roformer`` package's modules
+    (before rankhouse computed what MSST computes) is mapped onto MSST's keys: blocks leave their
+    hyper-connection wrapper (``.branch.``) and the value-residual gates, which MSST lacks, are
+    dropped. Its function changes, so such weights are only a starting point."""
+    state = load_file(str(path))
+    return {k.replace(".branch.", "."): v for k, v in state.items() if ".to_value_residual_mix." not in k}
 
 
 def resume_state(args) -> tuple[list[dict], dict, dict]:
@@ -181,6 +198,7 @@ def finalize(family: Family, args, train_argv: list[str], root: Path, curve: lis
                  "sources": FOUR_STEMS},
         "training": {"optimizer": "AdamW", "lr_stages": lr_stages(curve), "batch_size": args.batch_size, "segment_s": 3.0,
                      "steps_per_epoch": args.steps_per_epoch, "seed": args.seed, "augment": "demucs-style",
+                     "init": {"file": str(args.init), "sha256": checkpoint.sha256(args.init)} if args.init else None,
                      "valid_seconds": args.valid_seconds,
                      "best_epoch": best["epoch"], "best_step": best["step"], "epochs_run": len(curve),
                      "stopped_by": stopped_by, "patience_epochs": args.patience,
@@ -223,6 +241,7 @@ def model_card_markdown(card: dict) -> str:
     rows = "\n".join(f"| {c['epoch']} | {c['step']} | {c['minutes']} | {c['train_loss']} | {c['valid_sdr']} |"
                      for c in card["valid_curve"])
     stages = "; ".join(f"lr {s['lr']:g} for epochs {s['first_epoch']}-{s['last_epoch']}" for s in t["lr_stages"])
+    init = f" from `{t['init']['file']}` (sha256 `{t['init']['sha256'][:12]}`)" if t.get("init") else ""
     per = lambda m: ", ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in m.items() if k.startswith("valid/sdr/"))
     return f"""# Embedded base: small 4-stem {card['architecture']['class'].rsplit('.', 1)[-1]}
 
@@ -231,7 +250,7 @@ def model_card_markdown(card: dict) -> str:
   {card['architecture']['parameters']} parameters, kwargs `{json.dumps(card['architecture']['kwargs'])}`
 - data: rendered `{card['data']['preset']}` preset, {card['data']['songs']} songs x {card['data']['seconds']} s,
   seed {card['data']['seed']}; drums = kick + hihat
-- training: full training, AdamW {stages}, batch {t['batch_size']} x {t['segment_s']} s, seed {t['seed']},
+- training: full training{init}, AdamW {stages}, batch {t['batch_size']} x {t['segment_s']} s, seed {t['seed']},
   {t['epochs_run']} epochs of {t['steps_per_epoch']} steps in {t['minutes']} min; best epoch {t['best_epoch']};
   stopped by: {t['stopped_by']} (no gain > {t['min_delta_db']} dB for {t['patience_epochs']} epochs)
 - whole-track valid nSDR: generic {g['valid/sdr']:.2f} dB ({per(g)});

@@ -1,4 +1,5 @@
-"""The embedded base's plateau rule (Keras' min_delta semantics) and resuming a base run."""
+"""The embedded base's plateau rule (Keras' min_delta semantics), resuming a base run, and
+starting one from earlier weights (``--init``)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,28 @@ def test_lr_stages_group_consecutive_epochs():
     curve = [{"epoch": e, "lr": 5e-4 if e <= 2 else 2e-4} for e in range(1, 5)]
     assert base.lr_stages(curve) == [{"lr": 5e-4, "first_epoch": 1, "last_epoch": 2},
                                      {"lr": 2e-4, "first_epoch": 3, "last_epoch": 4}]
+
+
+def test_init_maps_a_base_of_the_bs_roformer_package_onto_msst_keys(tmp_path):
+    """The previous embedded BS-RoFormer (the package's layout) as a starting point: blocks leave
+    their hyper-connection wrapper and the value-residual gates MSST lacks are dropped."""
+    import torch
+    from safetensors.torch import save_file
+
+    old = {"layers.0.0.layers.0.0.branch.to_qkv.weight": torch.ones(6, 2),
+           "layers.1.0.layers.0.0.branch.to_value_residual_mix.weight": torch.zeros(2, 2),
+           "final_norm.gamma": torch.ones(2)}
+    save_file(old, str(tmp_path / "old.safetensors"))
+    state = base.initial_weights(tmp_path / "old.safetensors")
+    assert sorted(state) == ["final_norm.gamma", "layers.0.0.layers.0.0.to_qkv.weight"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--init", "nowhere.safetensors"], "--init nowhere.safetensors: no such file"),
+    (["--init", "x.safetensors", "--resume"], "--init and --resume"),
+])
+def test_init_is_checked_before_any_data_is_rendered(argv, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(base, "embedded_corpus", lambda *a, **k: pytest.fail("rendered before checking --init"))
+    with pytest.raises(RankhouseError, match=message):
+        base.main(["--family", "bs_roformer", "--work", str(tmp_path / "w"), *argv])

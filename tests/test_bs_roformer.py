@@ -1,11 +1,13 @@
-"""The BS-RoFormer / Mel-Band RoFormer family (trainables/bs_roformer.py) on the bs-roformer
-package's real models: output shape and length, LoRA targets from real module paths, step-0
+"""The BS-RoFormer / Mel-Band RoFormer family (trainables/bs_roformer.py) on its MSST-exact
+models (trainables/roformer.py; equivalence with MSST's code: test_msst_equivalence.py): output
+shape and length, LoRA targets from real module paths, step-0
 equivalence, only adapters and new heads train, PEFT save/reload, source heads, checkpoints
 (rankhouse safetensors and MSST state dicts, read safely)."""
 
 from __future__ import annotations
 
 import copy
+import json
 import re
 
 import peft
@@ -22,11 +24,10 @@ SR = 22050
 # the embedded architecture, shrunk: 512-point STFT (257 bins in 9 bands), width 16
 TINY = {
     "bs_roformer": dict(dim=16, depth=1, stereo=True, num_stems=4, time_transformer_depth=1, freq_transformer_depth=1,
-                        freqs_per_bands=[8] * 4 + [32] * 4 + [97], dim_head=8, heads=2, num_residual_streams=1,
-                        stft_n_fft=512, stft_hop_length=128, stft_win_length=512, mask_estimator_depth=1),
+                        freqs_per_bands=[8] * 4 + [32] * 4 + [97], dim_head=8, heads=2, stft_n_fft=512, stft_hop_length=128, stft_win_length=512, mask_estimator_depth=1),
     "mel_band_roformer": dict(dim=16, depth=1, stereo=True, num_stems=4, time_transformer_depth=1,
                               freq_transformer_depth=1, linear_transformer_depth=1, num_bands=8, sample_rate=SR,
-                              dim_head=8, heads=2, num_residual_streams=1, stft_n_fft=512, stft_hop_length=128,
+                              dim_head=8, heads=2, stft_n_fft=512, stft_hop_length=128,
                               stft_win_length=512, mask_estimator_depth=1),
 }
 ARCHS = list(TINY)
@@ -62,13 +63,14 @@ def test_output_is_sources_channels_and_the_input_length(arch, mix):
     out = tiny(arch)(mix)
     assert out.shape == (2, 4, 2, mix.shape[-1])
     one = tiny(arch, sources=["vocals"])(mix)
-    assert one.shape == (2, 1, 2, mix.shape[-1])  # the package squeezes one stem; the family does not
+    assert one.shape == (2, 1, 2, mix.shape[-1])  # MSST squeezes one stem; the family does not
 
 
-def test_the_last_input_samples_are_separated_not_padded(mix):
-    """The package's inverse STFT drops the last partial frame; the family pads by a hop first,
-    so the tail of a chunk carries signal (overlap-add would otherwise fade to silence)."""
-    out = tiny()(mix)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_last_input_samples_are_separated_not_padded(arch, mix):
+    """MSST's Mel-Band RoFormer stops at the last whole hop; the family returns every input
+    sample, and the tail of a chunk carries signal (overlap-add would otherwise fade to silence)."""
+    out = tiny(arch)(mix)
     assert out[..., -64:].abs().sum() > 0
 
 
@@ -80,7 +82,7 @@ def test_default_targets_resolve_to_attention_and_feed_forward_of_every_block(ar
     expected = [n for n in linear if n.endswith(("to_qkv", "to_qkv.0", "to_out.0", "to_out.1", "net.1", "net.4"))]
     assert sorted(ranks) == sorted(expected) and all(r == 4 for r in ranks.values())
     assert not [n for n in ranks if "to_gates" in n or "mask_estimators" in n or "band_split" in n]
-    if arch == "mel_band_roformer":  # its linear-attention block names q/k/v and output differently
+    if arch == "mel_band_roformer":  # TINY gives it a linear-attention block: q/k/v and output named differently
         assert any(n.endswith("to_qkv.0") for n in ranks) and any(n.endswith("to_qkv") for n in ranks)
 
 
@@ -155,7 +157,7 @@ def test_adapter_saves_as_peft_safetensors_and_reloads_identically(arch, mix, tm
 def test_rankhouse_checkpoint_roundtrip_shares_no_storage_and_reports_identity(mix, tmp_path):
     model = tiny()
     path = tmp_path / "base.safetensors"
-    # the package shares one rotary embedding between layers: safetensors refuses shared
+    # MSST shares one rotary table per axis between layers: safetensors refuses shared
     # storage, so the checkpoint writes copies
     digest = bs_roformer.save_checkpoint(model, path, "bs_roformer", TINY["bs_roformer"], SOURCES, SR, 1.0)
     base = get_family("bs_roformer").build_base({"base": str(path)})
@@ -170,6 +172,20 @@ def test_a_foreign_safetensors_file_is_refused(tmp_path):
     path = tmp_path / "other.safetensors"
     save_file({"w": torch.zeros(2)}, str(path), metadata={"family": "htdemucs"})
     with pytest.raises(RankhouseError, match="not a rankhouse BS-RoFormer checkpoint"):
+        get_family("bs_roformer").build_base({"base": str(path)})
+
+
+def test_a_checkpoint_of_the_package_layout_is_refused_with_the_way_out(tmp_path):
+    """Bases and merged models written before the family computed what MSST computes."""
+    path = tmp_path / "old.safetensors"
+    state = {k.replace("layers.0.0.layers.0.0.", "layers.0.0.layers.0.0.branch."): v.clone()
+             for k, v in tiny().state_dict().items()}
+    from safetensors.torch import save_file
+
+    save_file(state, str(path), metadata={"family": "bs_roformer", "arch": "bs_roformer",
+                                           "kwargs": json.dumps(TINY["bs_roformer"]), "sources": json.dumps(SOURCES),
+                                           "samplerate": str(SR), "segment": "1.0"})
+    with pytest.raises(RankhouseError, match="bs-roformer package's modules.*platform.base --init"):
         get_family("bs_roformer").build_base({"base": str(path)})
 
 
@@ -191,17 +207,12 @@ def test_embedded_missing_says_how_to_build_it(monkeypatch, tmp_path):
 
 
 def msst_files(tmp_path, model, arch="bs_roformer", sources=SOURCES, **extra):
-    """An MSST checkpoint and config: MSST's code is an older copy of the package, with each
-    block directly in its ModuleList (no ``.branch.``) and no value-residual mixing."""
-    state = {k.replace(".branch.", "."): v.clone() for k, v in model.state_dict().items()
-             if ".to_value_residual_mix." not in k}
-    assert not [k for k in state if "value_residual" in k]
+    """An MSST checkpoint (a bare state dict, MSST's key names) and its config YAML."""
     ckpt = tmp_path / "model_bs_roformer.ckpt"
-    torch.save(state, ckpt)
-    kwargs = {k: v for k, v in TINY[arch].items() if k not in ("num_residual_streams", "add_value_residual")}
-    # MSST writes tuples as !!python/tuple, and options the package runs without
+    torch.save({k: v.clone() for k, v in model.state_dict().items()}, ckpt)
+    # MSST writes tuples as !!python/tuple, and options that only choose kernels
     text = yaml.safe_dump({"audio": {"chunk_size": SR * 2, "sample_rate": SR},
-                           "model": {**kwargs, "flash_attn": True, "use_torch_checkpoint": False, **extra},
+                           "model": {**TINY[arch], "flash_attn": True, "use_torch_checkpoint": False, **extra},
                            "training": {"instruments": sources, "target_instrument": None}})
     text = text.replace("freqs_per_bands:\n", "freqs_per_bands: !!python/tuple\n")
     config = tmp_path / "config.yaml"
@@ -209,44 +220,13 @@ def msst_files(tmp_path, model, arch="bs_roformer", sources=SOURCES, **extra):
     return ckpt, config
 
 
-def without_value_residual(model):
-    """The package's model with its value-residual mixing removed: MSST's attention."""
-    model = copy.deepcopy(model)
-    for m in model.modules():
-        if hasattr(m, "to_value_residual_mix"):
-            m.to_value_residual_mix = None
-    return model
-
-
-def test_an_msst_checkpoint_loads_and_separates_as_msst_would(mix, tmp_path):
-    torch.manual_seed(3)
-    model = bs_roformer.new_model("bs_roformer", {**TINY["bs_roformer"], "depth": 2})  # depth 2: value residuals
-    assert any(".to_value_residual_mix." in k for k in model.state_dict())
-    ckpt, config = msst_files(tmp_path, model)
-    cfg = yaml.safe_load(config.read_text().replace("!!python/tuple", ""))
-    cfg["model"]["depth"] = 2
-    config.write_text(yaml.safe_dump(cfg))
+@pytest.mark.parametrize("arch", ARCHS)
+def test_an_msst_checkpoint_loads_and_separates_identically(arch, mix, tmp_path):
+    model = tiny(arch, seed=3)
+    ckpt, config = msst_files(tmp_path, model, arch=arch)
     base = get_family("bs_roformer").build_base({"base": str(ckpt), "config": str(config)})
+    assert base.config["arch"] == arch
     assert base.sources == SOURCES and base.samplerate == SR and base.segment == 2.0
-    loaded = dict(base.model.state_dict())
-    for k, v in model.state_dict().items():
-        if ".to_value_residual_mix." not in k:
-            assert torch.equal(loaded[k], v), k
-    expected = without_value_residual(model).eval()(mix)
-    assert torch.allclose(base.model(mix), expected, atol=1e-6)
-
-
-def test_an_msst_mel_band_checkpoint_loads_and_separates_identically(mix, tmp_path):
-    """MSST's Mel-Band RoFormer has no value-residual mixing: the package's is switched off."""
-    torch.manual_seed(4)
-    kwargs = {**TINY["mel_band_roformer"], "depth": 2, "add_value_residual": False}
-    model = bs_roformer.new_model("mel_band_roformer", kwargs).eval()
-    ckpt, config = msst_files(tmp_path, model, arch="mel_band_roformer")
-    cfg = yaml.safe_load(config.read_text())
-    cfg["model"]["depth"] = 2
-    config.write_text(yaml.safe_dump(cfg))
-    base = get_family("bs_roformer").build_base({"base": str(ckpt), "config": str(config)})
-    assert base.config["arch"] == "mel_band_roformer"
     assert torch.equal(base.model(mix), model(mix))
 
 
@@ -264,7 +244,8 @@ def test_an_msst_base_identity_covers_checkpoint_and_config(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda c: c["model"].update(freqs_per_bands=[8] * 4), r"the package cannot build this bs_roformer \(AssertionError"),
+    (lambda c: c["model"].update(freqs_per_bands=[8] * 4), r"cannot build this bs_roformer \(freqs_per_bands: 4 bands"),
+    (lambda c: c["model"].pop("dim"), r"cannot build this bs_roformer \(.*'dim'"),
     (lambda c: c.update(model=[1, 2]), "expected MSST's model:, audio.sample_rate and training.instruments"),
     (lambda c: c["training"].update(instruments="vocals"), "expected MSST's model:"),
 ])
@@ -296,14 +277,25 @@ def test_an_msst_checkpoint_of_another_architecture_names_the_keys(tmp_path):
         get_family("bs_roformer").build_base({"base": str(ckpt), "config": str(config)})
 
 
-@pytest.mark.parametrize("extra, message", [
-    ({"linear_transformer_depth": 1}, "linear_transformer_depth: not an option of the bs-roformer package's BSRoformer"),
-    ({"skip_connection": True}, "skip_connection: not an option of the bs-roformer package's BSRoformer"),
-])
-def test_msst_options_the_package_cannot_build_are_refused(extra, message, tmp_path):
-    ckpt, config = msst_files(tmp_path, tiny(), **extra)
-    with pytest.raises(RankhouseError, match=message):
+def test_an_option_msst_does_not_have_is_refused_by_name(tmp_path):
+    ckpt, config = msst_files(tmp_path, tiny(), num_residual_streams=1)
+    with pytest.raises(RankhouseError, match="num_residual_streams: not an option of MSST's BSRoformer"):
         get_family("bs_roformer").build_base({"base": str(ckpt), "config": str(config)})
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_msst_skip_connections_and_linear_attention_build_and_load(arch, mix, tmp_path):
+    """Options the bs-roformer package could not build: MSST's own models have them."""
+    torch.manual_seed(5)
+    kwargs = {**TINY[arch], "depth": 2, "linear_transformer_depth": 1, "skip_connection": True}
+    model = bs_roformer.new_model(arch, kwargs).eval()
+    assert len(model.layers[0]) == 3
+    ckpt, config = msst_files(tmp_path, model, arch=arch, depth=2, linear_transformer_depth=1, skip_connection=True)
+    base = get_family("bs_roformer").build_base({"base": str(ckpt), "config": str(config)})
+    assert torch.equal(base.model(mix), model(mix))
+    no_skip = bs_roformer.new_model(arch, {**kwargs, "skip_connection": False}).eval()
+    no_skip.load_state_dict(model.state_dict())
+    assert not torch.allclose(no_skip(mix), model(mix))
 
 
 def test_an_msst_checkpoint_is_never_unpickled(tmp_path):
@@ -317,8 +309,9 @@ def test_an_msst_checkpoint_is_never_unpickled(tmp_path):
         get_family("bs_roformer").build_base({"base": str(ckpt), "config": str(config)})
 
 
-def test_msst_options_that_are_off_are_accepted(tmp_path):
-    ckpt, config = msst_files(tmp_path, tiny(), linear_transformer_depth=0, skip_connection=False)
+def test_msst_options_that_only_choose_kernels_or_the_loss_are_accepted(tmp_path):
+    ckpt, config = msst_files(tmp_path, tiny(), sage_attention=False, dim_freqs_in=257, multi_stft_hop_size=147,
+                              multi_stft_resolution_loss_weight=1.0, match_input_audio_length=True)
     assert get_family("bs_roformer").build_base({"base": str(ckpt), "config": str(config)}).sources == SOURCES
 
 

@@ -151,3 +151,45 @@ def loaded_params(folder: Path) -> int:
     from safetensors.torch import load_file
 
     return sum(t.numel() for t in load_file(str(folder / "adapter_model.safetensors")).values())
+
+
+def test_the_champion_exports_as_an_msst_checkpoint_that_reloads_and_separates_the_same(study):
+    """``platform.export --format msst``: MSST's key names in a plain state dict and the MSST
+    YAML that builds it, read back through the family as an MSST user's checkpoint would be."""
+    import mlflow
+    import yaml
+
+    from trainables import bundle
+    from trainables.family import get_family
+
+    uri, work = study["summary"]["tracking_uri"], study["work"]
+    out = work / "msst" / "champion.ckpt"
+    proc = subprocess.run([sys.executable, "-m", "platform.export", "--model", "models:/roformer-e2e@champion",
+                           "--tracking-uri", uri, "--merged", str(out), "--format", "msst"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = out.with_suffix(".yaml")
+    assert out.is_file() and config.is_file() and "its MSST config" in proc.stdout
+    state = torch.load(str(out), map_location="cpu", weights_only=True)
+    assert isinstance(state, dict) and not [k for k in state if "lora_" in k or "base_model" in k]
+    raw = yaml.load(config.read_text(), Loader=yaml.FullLoader)  # as MSST reads its configs
+    assert isinstance(raw["model"]["freqs_per_bands"], tuple) and raw["model"]["num_stems"] == len(SOURCES)
+    assert raw["training"]["instruments"] == SOURCES and raw["audio"]["sample_rate"] == 22050
+    plain = get_family("bs_roformer").build_base({"base": str(out), "config": str(config)})
+    assert plain.sources == SOURCES
+    folder = mlflow.artifacts.download_artifacts(run_id=study["promotion"]["candidate"]["run_id"],
+                                                 artifact_path="adapter", tracking_uri=uri)
+    adapter = bundle.load(Path(folder)).model
+    x = 0.1 * torch.randn(1, 2, 22050, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(plain.model.eval()(x), adapter(x), atol=1e-4)
+
+
+def test_export_refuses_a_file_name_of_the_other_format(study, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "platform.export", "--model", "models:/roformer-e2e@champion",
+                           "--tracking-uri", study["summary"]["tracking_uri"], "--merged",
+                           str(tmp_path / "champion.safetensors"), "--format", "msst"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "--format msst writes .ckpt or .pth or .pt files" in proc.stderr
+    assert not list(tmp_path.iterdir())

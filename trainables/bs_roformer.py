@@ -1,5 +1,6 @@
-"""BS-RoFormer and Mel-Band RoFormer (the ``bs-roformer`` package, the models of ZFTurbo's
-Music-Source-Separation-Training, MSST) as one rankhouse model family.
+"""BS-RoFormer and Mel-Band RoFormer, the models of ZFTurbo's Music-Source-Separation-Training
+(MSST), as one rankhouse model family. The modules are rankhouse's own (``trainables.roformer``),
+written to compute what MSST's compute, with MSST's state-dict key names.
 
 Bases
 - ``embedded``: a small 4-stem BS-RoFormer trained by ``python -m platform.base --family
@@ -9,16 +10,16 @@ Bases
 - an MSST checkpoint (``.ckpt``/``.pth``/``.pt``, a bare state dict read with
   ``torch.load(weights_only=True)``) plus ``model.config``: the MSST YAML it was trained with.
   Its ``model:`` section is the architecture (``num_bands`` means Mel-Band RoFormer, else
-  BS-RoFormer), ``audio.sample_rate`` the rate, ``training.instruments`` /
-  ``target_instrument`` the sources. MSST's code is an older copy of the package, so keys are
-  translated (see ``msst_state``); whatever still differs is an error naming the keys.
+  BS-RoFormer) and is passed to the model as it is: an option MSST's classes do not have is an
+  error naming it. ``audio.sample_rate`` is the rate, ``training.instruments`` /
+  ``target_instrument`` the sources. The keys load as they are, with no translation.
 
-The package's forward drops the last partial STFT frame and returns (B, C, T) for one stem; the
-subclasses below return (B, S, C, T) at the input's length, the shape every family's model has.
+Every model returns (B, S, C, T) at the input's length, the shape every family's model has
+(MSST squeezes a single stem; see ``trainables.roformer`` for the length).
 
-Loss: the protocol's L1 on waveforms. The package's own loss adds L1 on five multi-resolution
-STFTs; measured here it takes a 4 x 3 s training step of the embedded base from 1.3 s to 3.9 s
-on 2 cores, so it is left out.
+Loss: the protocol's L1 on waveforms. MSST adds L1 on five multi-resolution STFTs; measured
+here it takes a 4 x 3 s training step of the embedded base from 1.3 s to 3.9 s on 2 cores, so
+it is left out.
 
 Source heads: each stem has its own mask estimator. ``adapt_sources`` builds one per target
 source, a new source's (kick, hihat) as a copy of its parent's (drums), and trains only the
@@ -29,29 +30,20 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import json
 import re
-import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from bs_roformer import BSRoformer, MelBandRoformer
-from bs_roformer.bs_roformer import MaskEstimator as BSMaskEstimator
-from bs_roformer.mel_band_roformer import MaskEstimator as MelMaskEstimator
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from trainables.checkpoint import sha256, write_model
+from trainables import roformer
+from trainables.checkpoint import plain_state, sha256, write_model
 from trainables.errors import RankhouseError
 from trainables.family import Base, Family, parent_indices
 from trainables.htdemucs import ASSETS
-
-# the package's attention still enters torch's deprecated sdp_kernel context on every forward:
-# noise in every user's log, about code that is not theirs or ours
-warnings.filterwarnings("ignore", message=r"`torch.backends.cuda.sdp_kernel\(\)` is deprecated", category=FutureWarning)
 
 EMBEDDED = ASSETS / "bs_roformer_embedded.safetensors"
 EMBEDDED_SOURCES = ["drums", "bass", "other", "vocals"]
@@ -70,70 +62,23 @@ def _bands(total: int, sizes: list[tuple[int, int]]) -> list[int]:
 # 4 x 3 s training step on 2 cores, against 2.7 s for a 1024/256 STFT of the same width.
 EMBEDDED_KWARGS = dict(dim=64, depth=2, stereo=True, num_stems=4, time_transformer_depth=1,
                        freq_transformer_depth=1, freqs_per_bands=_bands(1025, [(8, 8), (16, 8), (32, 6), (96, 4)]),
-                       dim_head=16, heads=4, num_residual_streams=1, stft_n_fft=2048, stft_hop_length=512,
-                       stft_win_length=2048, mask_estimator_depth=1)
-ARCHS = ("bs_roformer", "mel_band_roformer")
+                       dim_head=16, heads=4, stft_n_fft=2048, stft_hop_length=512, stft_win_length=2048,
+                       mask_estimator_depth=1)
+ARCHS = tuple(roformer.ARCHITECTURES)
 
 
-class _StemsAtInputLength:
-    """(B, C, T) -> (B, S, C, T) with T kept: the input is padded by one hop so the inverse STFT
-    covers every input sample, and the output is cut back to T."""
-
-    def forward(self, mix: torch.Tensor) -> torch.Tensor:
-        length = mix.shape[-1]
-        hop = self.stft_kwargs["hop_length"]
-        out = super().forward(F.pad(mix, (0, hop)))
-        if out.ndim == 3:  # one stem
-            out = out.unsqueeze(1)
-        return out[..., :length]
-
-
-class BSRoformerSeparator(_StemsAtInputLength, BSRoformer):
-    pass
-
-
-class MelBandRoformerSeparator(_StemsAtInputLength, MelBandRoformer):
-    pass
-
-
-CLASSES = {"bs_roformer": BSRoformerSeparator, "mel_band_roformer": MelBandRoformerSeparator}
-PACKAGE_CLASSES = {"bs_roformer": BSRoformer, "mel_band_roformer": MelBandRoformer}
-MASK_ESTIMATORS = {"bs_roformer": BSMaskEstimator, "mel_band_roformer": MelMaskEstimator}
-# MSST options that change how the model runs, never its weights or outputs
-RUNTIME_ONLY = {"use_torch_checkpoint", "sage_attention", "flash_attn"}
-
-
-def options(arch: str) -> set[str]:
-    """The constructor options of the package's class for ``arch``."""
-    return set(inspect.signature(PACKAGE_CLASSES[arch].__init__).parameters) - {"self"}
-
-
-def default_of(arch: str, option: str):
-    return inspect.signature(PACKAGE_CLASSES[arch].__init__).parameters[option].default
-
-
-def new_model(arch: str, kwargs: dict) -> nn.Module:
-    """The model of ``arch`` from JSON-able kwargs (lists become the tuples the package wants)."""
-    if arch not in CLASSES:
-        raise RankhouseError(f"bs_roformer: unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items() if k != "mlp_expansion_factor"}
-    kw.setdefault("num_residual_streams", 1)  # MSST's models have no hyper-connections
-    unknown = sorted(set(kw) - options(arch))
+def new_model(arch: str, kwargs: dict, where: str = "bs_roformer") -> nn.Module:
+    """The model of ``arch`` from its MSST ``model:`` options; ``where`` names them in errors."""
+    if arch not in roformer.ARCHITECTURES:
+        raise RankhouseError(f"{where}: unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
+    unknown = sorted(set(kwargs) - roformer.options(arch))
     if unknown:
-        raise RankhouseError(f"bs_roformer: {', '.join(unknown)}: not an option of the bs-roformer package's "
-                             f"{PACKAGE_CLASSES[arch].__name__}; this architecture cannot be built here")
-    with warnings.catch_warnings():  # the package probes its STFT size once with no window
-        warnings.filterwarnings("ignore", message="A window was not provided")
-        model = CLASSES[arch](**kw)
-    factor = kwargs.get("mlp_expansion_factor")
-    if factor is not None and factor != 4:
-        # MSST exposes the mask estimators' hidden width; the package fixes it at 4x dim
-        model.mask_estimators = nn.ModuleList(
-            MASK_ESTIMATORS[arch](dim=kw["dim"], dim_inputs=model.mask_estimators[0].dim_inputs,
-                            depth=kw.get("mask_estimator_depth", default_of(arch, "mask_estimator_depth")),
-                            mlp_expansion_factor=int(factor))
-            for _ in model.mask_estimators)
-    return model
+        raise RankhouseError(f"{where}: {', '.join(unknown)}: not an option of MSST's "
+                             f"{roformer.ARCHITECTURES[arch].__name__}; remove it or check the spelling")
+    try:
+        return roformer.ARCHITECTURES[arch](**kwargs)
+    except (TypeError, ValueError) as exc:  # a missing dim/depth, band widths that miss the STFT
+        raise RankhouseError(f"{where}: cannot build this {arch} ({' '.join(str(exc).split())[:200]})") from None
 
 
 def save_checkpoint(model: nn.Module, path: Path, arch: str, kwargs: dict, sources: list[str], samplerate: int,
@@ -152,8 +97,14 @@ def load_safetensors(path: Path) -> tuple[nn.Module, dict]:
             raise ValueError(f"metadata names family {meta.get('family')!r}")
         info = {"arch": meta["arch"], "kwargs": json.loads(meta["kwargs"]), "sources": json.loads(meta["sources"]),
                 "samplerate": int(meta["samplerate"]), "segment": float(meta["segment"])}
-        model = new_model(info["arch"], info["kwargs"])
-        model.load_state_dict(load_file(str(path)))
+        state = load_file(str(path))
+        if any(".branch." in k for k in state):
+            raise RankhouseError(
+                f"{path}: written by rankhouse for the bs-roformer package's modules, which do not compute "
+                "what MSST computes; this model cannot be reproduced. Retrain it from the current embedded "
+                "base, or pass it to python -m platform.base --init as a starting point")
+        model = new_model(info["arch"], info["kwargs"], str(path))
+        model.load_state_dict(state)
     except RankhouseError:
         raise
     except Exception as exc:  # corrupt file, missing metadata, weights of another architecture
@@ -163,20 +114,25 @@ def load_safetensors(path: Path) -> tuple[nn.Module, dict]:
     return model, info
 
 
-def read_msst_config(path: Path) -> dict:
-    """Architecture, rate, segment and sources from an MSST training config."""
+def read_msst_yaml(path: Path) -> dict:
+    """An MSST config file as a dict; MSST writes band widths as ``!!python/tuple``: read as lists."""
     import yaml
 
-    class Loader(yaml.SafeLoader):  # MSST writes band widths as !!python/tuple: read them as lists
+    class Loader(yaml.SafeLoader):
         pass
 
     Loader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node))
     if not path.is_file():
         raise RankhouseError(f"model.config: {path}: no such file (the MSST config YAML of the checkpoint)")
     try:
-        raw = yaml.load(path.read_text(), Loader=Loader) or {}
+        return yaml.load(path.read_text(), Loader=Loader) or {}
     except yaml.YAMLError as exc:
         raise RankhouseError(f"model.config: {path}: not YAML ({str(exc).splitlines()[0]})") from None
+
+
+def read_msst_config(path: Path) -> dict:
+    """Architecture, rate, segment and sources from an MSST training config."""
+    raw = read_msst_yaml(path)
     sections = [raw.get(k) if isinstance(raw, dict) else None for k in ("model", "audio", "training")]
     if not all(isinstance(x, dict) for x in sections) or "sample_rate" not in sections[1] or \
             not isinstance(sections[2].get("instruments"), list) or not sections[2]["instruments"]:
@@ -184,17 +140,6 @@ def read_msst_config(path: Path) -> dict:
                              "training.instruments sections")
     kwargs, audio, training = dict(sections[0]), sections[1], sections[2]
     arch = "mel_band_roformer" if "num_bands" in kwargs else "bs_roformer"
-    if arch == "mel_band_roformer":
-        # MSST's Mel-Band RoFormer has no linear-attention blocks unless asked (the package
-        # defaults to one) and no value-residual mixing (the package's is switched off)
-        kwargs.setdefault("linear_transformer_depth", 0)
-        kwargs["add_value_residual"] = False
-    known = options(arch) | {"mlp_expansion_factor"}
-    for key in list(kwargs):
-        # MSST's "off" value of an option the package lacks builds the same model; anything
-        # else the package cannot build is refused by new_model, naming the option
-        if key in RUNTIME_ONLY or (key not in known and kwargs[key] in (0, False, None)):
-            kwargs.pop(key)
     sources = list(training["instruments"])
     if training.get("target_instrument"):
         sources = [training["target_instrument"]]
@@ -203,28 +148,16 @@ def read_msst_config(path: Path) -> dict:
     return {"arch": arch, "kwargs": kwargs, "sources": sources, "samplerate": samplerate, "segment": segment}
 
 
-def msst_state(model: nn.Module, state: dict, where: str) -> dict:
-    """MSST's state dict in the package's names.
-
-    MSST's blocks sit directly in their ModuleList; the package wraps each in a hyper-connection
-    (``.branch.``, an identity with one residual stream). The package's BS-RoFormer also has
-    value-residual mixing (``to_value_residual_mix``, not an option) that MSST lacks: its gate
-    is set closed (weight 0, bias -30, so sigmoid < 1e-13), which reproduces MSST's attention
-    within float rounding. Mel-Band RoFormer's is switched off at construction instead."""
+def check_keys(model: nn.Module, state: dict, where: str) -> None:
+    """One line naming what does not fit, before ``load_state_dict``'s multi-line error."""
     target = model.state_dict()
-    plain = {k.replace(".branch.", "."): k for k in target}
-    out = {plain.get(k, k): v for k, v in state.items()}
-    for k, v in target.items():
-        if k not in out and ".to_value_residual_mix." in k:
-            out[k] = torch.zeros_like(v) if k.endswith("weight") else torch.full_like(v, -30.0)
-    missing = [k for k in target if k not in out]
-    unexpected = [k for k in out if k not in target]
-    wrong = [k for k in target if k in out and tuple(out[k].shape) != tuple(target[k].shape)]
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    wrong = [k for k in target if k in state and tuple(state[k].shape) != tuple(target[k].shape)]
     if missing or unexpected or wrong:
         parts = [f"{name}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
                  for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
         raise RankhouseError(f"{where}: does not fit the architecture of model.config ({'; '.join(parts)})")
-    return out
 
 
 def load_msst(path: Path, config: Path) -> tuple[nn.Module, dict]:
@@ -240,23 +173,44 @@ def load_msst(path: Path, config: Path) -> tuple[nn.Module, dict]:
         raise RankhouseError(f"{path}: not a state dict of tensors")
     if any(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k.removeprefix("module."): v for k, v in state.items()}
-    try:
-        model = new_model(info["arch"], {**info["kwargs"], "num_stems": len(info["sources"])})
-    except RankhouseError:
-        raise
-    except Exception as exc:  # the package's asserts and beartype checks on the architecture
-        raise RankhouseError(f"model.config: {config}: the package cannot build this {info['arch']} "
-                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
-    model.load_state_dict(msst_state(model, state, str(path)))
+    model = new_model(info["arch"], {**info["kwargs"], "num_stems": len(info["sources"])}, f"model.config: {config}")
+    check_keys(model, state, str(path))
+    model.load_state_dict(state)
     return model, info
+
+
+# MSST's classes type these as tuples (beartype checks them); its YAMLs write !!python/tuple
+TUPLE_OPTIONS = ("freqs_per_bands", "multi_stft_resolutions_window_sizes")
+
+
+def msst_yaml(kwargs: dict, sources: list[str], samplerate: int, segment: float, original: str | None) -> str:
+    """The MSST config of a model: the base's own MSST config when it had one (its training,
+    augmentation and inference settings kept), with this model's architecture and sources."""
+    import yaml
+
+    raw = read_msst_yaml(Path(original)) if original else {}
+    model = {k: tuple(v) if k in TUPLE_OPTIONS else v for k, v in kwargs.items()}
+    channels = 2 if kwargs.get("stereo") else 1
+    raw["audio"] = {**raw.get("audio", {}), "sample_rate": int(samplerate), "num_channels": channels,
+                    "chunk_size": int(round(segment * samplerate))}
+    raw["model"] = model
+    training = dict(raw.get("training", {}))
+    if len(sources) == 1:  # MSST's single-stem models name their stem as the target
+        known = training.get("instruments") or []
+        training.update(instruments=known if sources[0] in known else sources, target_instrument=sources[0])
+    else:
+        training.update(instruments=sources, target_instrument=None)
+    raw["training"] = training
+    raw.setdefault("inference", {"batch_size": 1, "num_overlap": 4})
+    return yaml.dump(raw, Dumper=yaml.Dumper, sort_keys=False)
 
 
 class BSRoformerFamily(Family):
     name = "bs_roformer"
     embedded = EMBEDDED
     checkpoint_suffixes = (".safetensors", ".ckpt", ".pth", ".pt")  # rankhouse's, and MSST's
-    # attention (fused qkv and output; Mel-Band RoFormer's linear-attention blocks name them
-    # to_qkv.0 and to_out.1) and feed-forward layers of every time and frequency transformer.
+    # attention (fused qkv and output; the linear-attention blocks name them to_qkv.0 and
+    # to_out.1) and feed-forward layers of every time and frequency transformer.
     # to_gates (dim -> heads) is left out: its min(fan_in, fan_out) is the head count, below
     # any useful rank; target it explicitly with a rank <= heads.
     default_targets = ["layers.*.to_qkv*", "layers.*.to_out.*", "layers.*.net.1", "layers.*.net.4"]
@@ -306,10 +260,9 @@ class BSRoformerFamily(Family):
         return scales
 
     def layer_groups(self, model: nn.Module) -> dict[str, list[str]]:
-        """Each RoFormer layer is a time transformer then a frequency transformer (BS-RoFormer:
-        ``layers.i.0`` / ``layers.i.1``); Mel-Band RoFormer puts its linear-attention transformer
-        first (``layers.i.0``, absent when linear_transformer_depth is 0), so time and frequency
-        are ``layers.i.1`` / ``layers.i.2`` there."""
+        """Each RoFormer layer is a time transformer then a frequency transformer (``layers.i.0``
+        / ``layers.i.1``); with ``linear_transformer_depth`` > 0 a linear-attention transformer
+        comes first (``layers.i.0``), so time and frequency are ``layers.i.1`` / ``layers.i.2``."""
         names = ["linear", "time", "freq"] if len(model.layers[0]) == 3 else ["time", "freq"]
         # one pattern per layer: a glob's * would also cross the dots into the inner layers' indices
         return {g: [f"layers.{i}.{j}.*" for i in range(len(model.layers))] for j, g in enumerate(names)}
@@ -318,6 +271,14 @@ class BSRoformerFamily(Family):
         c = base.config
         kwargs = {**c["kwargs"], "num_stems": len(model.sources)}
         return save_checkpoint(model, Path(path), c["arch"], kwargs, model.sources, c["samplerate"], c["segment"])
+
+    def save_msst(self, model: nn.Module, path, config, base: Base) -> str:
+        sources = list(model.sources)
+        c = base.config
+        torch.save(plain_state(model), str(path))
+        Path(config).write_text(msst_yaml({**c["kwargs"], "num_stems": len(sources)}, sources, c["samplerate"],
+                                          c["segment"], base.identity.get("config")))
+        return sha256(Path(path))
 
     def adapt_sources(self, base: Base, sources: list[str], parents: dict[str, str]) -> tuple[nn.Module, list[str]]:
         sources = list(sources)

@@ -96,6 +96,11 @@ class Family(ABC):
         that ``build_base`` accepts as a base; returns its sha256."""
         raise RankhouseError(f"{self.name}: exporting a merged model is not supported for this family")
 
+    def save_msst(self, model: nn.Module, path: Path, config: Path, base: Base) -> str:
+        """Write a whole model as an MSST checkpoint (a plain state dict, MSST's key names) at
+        ``path`` and the MSST config YAML that builds it at ``config``; returns the sha256."""
+        raise RankhouseError(f"--format msst: the {self.name} family is not one of MSST's models")
+
     def loss(self, model: nn.Module, mix: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """L1 on waveforms, as Demucs and MSST train."""
         return (model(mix) - targets).abs().mean()
