@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from typing import Hashable, Sequence
+
+from trainables import objective
 
 
 def dominates(a: Sequence[float], b: Sequence[float], modes: Sequence[str]) -> bool:
     """``a`` is at least as good as ``b`` on every objective and better on one."""
-    better = [x > y if m == "max" else x < y for x, y, m in zip(a, b, modes)]
-    worse = [x < y if m == "max" else x > y for x, y, m in zip(a, b, modes)]
-    return any(better) and not any(worse)
+    pairs = list(zip(a, b, modes))
+    return any(objective.better(x, y, m) for x, y, m in pairs) and not any(objective.better(y, x, m) for x, y, m in pairs)
 
 
 def front(points: dict[Hashable, Sequence[float]], modes: Sequence[str]) -> list[Hashable]:
     """The keys of the non-dominated points (every value finite), best primary objective first.
     Two trials with equal values are both on the front."""
-    finite = {k: v for k, v in points.items() if len(v) == len(modes) and all(
-        isinstance(x, (int, float)) and math.isfinite(x) for x in v)}
+    finite = {k: v for k, v in points.items() if len(v) == len(modes) and all(objective.finite(x) for x in v)}
     kept = [k for k, v in finite.items() if not any(dominates(w, v, modes) for w in finite.values())]
-    return sorted(kept, key=lambda k: tuple(-x if m == "max" else x for x, m in zip(finite[k], modes)))
+    return sorted(kept, key=lambda k: tuple(objective.rank_key(x, m) for x, m in zip(finite[k], modes)))

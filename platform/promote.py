@@ -34,7 +34,7 @@ from platform.corpus import embedded_corpus
 from platform.data import Progress
 from platform.preflight import resolve_data
 from platform.tune import latest_parent, output_dir, tracking_uri
-from trainables import bsseval, bundle, tracking
+from trainables import bsseval, bundle, objective, tags, tracking
 from trainables.data import cache as stem_cache
 from trainables.data.layout import normalize_sources, stems_of
 from trainables.data.segments import validation_tracks
@@ -43,7 +43,6 @@ from trainables.family import get_family
 from trainables.separation import separate
 
 ALIAS = "champion"
-HISTORY_TAG = "rankhouse.champion_history"  # on the registered model: versions that held the alias, in order
 
 
 def find_space(ref: str) -> Path:
@@ -80,8 +79,7 @@ def promotion_lock(out: Path, name: str):
 
 
 def best_value(client, run_id: str, metric: str, mode: str) -> float | None:
-    values = [v for v in tracking.epochs(client, run_id, metric).values() if np.isfinite(v)]
-    return (max if mode == "max" else min)(values) if values else None
+    return objective.best(tracking.epochs(client, run_id, metric).values(), mode)
 
 
 def pick_candidate(client, study: spaces.Study, uri: str, run_id: str | None):
@@ -107,7 +105,7 @@ def pick_candidate(client, study: spaces.Study, uri: str, run_id: str | None):
     if not scored:
         raise RankhouseError(f"study {study.name}: no finished trial of parent run {parent.info.run_id} logged "
                              f"{metric} (the objective)")
-    return (max if mode == "max" else min)(scored, key=lambda rv: rv[1])
+    return objective.best(scored, mode, key=lambda rv: rv[1])
 
 
 @dataclass
@@ -163,11 +161,11 @@ def champion_version(client, name: str):
 
 
 def history(client, name: str) -> list[str]:
-    tags = client.get_registered_model(name).tags
-    return [v for v in tags.get(HISTORY_TAG, "").split(",") if v]
+    model_tags = client.get_registered_model(name).tags
+    return [v for v in model_tags.get(tags.CHAMPION_HISTORY, "").split(",") if v]
 
 
-def register(client, name: str, run_id: str, tags: dict) -> str:
+def register(client, name: str, run_id: str, version_tags: dict) -> str:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -175,9 +173,9 @@ def register(client, name: str, run_id: str, tags: dict) -> str:
     except MlflowException:
         client.create_registered_model(name, description="LoRA adapters promoted by rankhouse (alias: champion)")
     mv = client.create_model_version(name, source=f"runs:/{run_id}/adapter", run_id=run_id,
-                                     tags={k: str(v)[:5000] for k, v in tags.items()})
+                                     tags={k: str(v)[:5000] for k, v in version_tags.items()})
     client.set_registered_model_alias(name, ALIAS, mv.version)
-    client.set_registered_model_tag(name, HISTORY_TAG, ",".join([*history(client, name), str(mv.version)]))
+    client.set_registered_model_tag(name, tags.CHAMPION_HISTORY, ",".join([*history(client, name), str(mv.version)]))
     return str(mv.version)
 
 
@@ -194,8 +192,8 @@ def rollback(client, name: str) -> dict:
                              f"{', '.join(past) or 'empty'})")
     previous = past[-2]
     client.set_registered_model_alias(name, ALIAS, previous)
-    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(past[:-1]))
-    client.set_model_version_tag(name, str(current.version), "rankhouse.rolled_back", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    client.set_registered_model_tag(name, tags.CHAMPION_HISTORY, ",".join(past[:-1]))
+    client.set_model_version_tag(name, str(current.version), tags.ROLLED_BACK, time.strftime("%Y-%m-%dT%H:%M:%S"))
     print(f"{name}: champion moved back from version {current.version} to version {previous}")
     return {"model": name, "rolled_back": str(current.version), "champion": previous}
 
@@ -239,7 +237,7 @@ def main(argv: list[str]) -> int:
 def promote(client, study: spaces.Study, name: str, uri: str, args, min_gain: float) -> dict:
     chosen, objective = pick_candidate(client, study, uri, args.run)
     run_id = chosen.info.run_id
-    trial = chosen.data.tags.get(tracking.TRIAL_TAG, "?")
+    trial = chosen.data.tags.get(tags.TRIAL_ID, "?")
     print(f"candidate: run {run_id} (trial {trial}), {study.config['objective']['metric']} = {objective:.3f}")
     with tempfile.TemporaryDirectory(prefix="rankhouse-promote-") as tmp:
         folder = models.download_run_folder(uri, run_id, "adapter", Path(tmp) / "candidate")
@@ -291,29 +289,28 @@ def promote(client, study: spaces.Study, name: str, uri: str, args, min_gain: fl
     if not accepted:
         result["decision"] = "refused"
         if not args.dry_run:
-            client.set_tag(run_id, "rankhouse.promotion", decision)
+            client.set_tag(run_id, tags.PROMOTION, decision)
         print(f"refused: the candidate does not beat the {label} by {min_gain:g} dB; {name}@{ALIAS} unchanged")
         return result
     if args.dry_run:
         result["decision"] = "would promote"
         print(f"dry run: would register run {run_id} as a new version of {name} and move @{ALIAS}")
         return result
-    tags = {"rankhouse.study": study.name, "rankhouse.trial_id": trial, "rankhouse.run_id": run_id,
-            "rankhouse.config": json.dumps(chosen.data.params, sort_keys=True),
-            "rankhouse.base.name": info["base"].get("name"), "rankhouse.base.sha256": info["base"].get("sha256"),
-            "rankhouse.holdout": data.description, "rankhouse.holdout_sdr": f"{cand_scores['sdr']:.4f}",
-            "rankhouse.champion_sdr": f"{ref_scores['sdr']:.4f}", "rankhouse.compared_with": label,
-            "rankhouse.decision": decision,
-            **{f"rankhouse.holdout_{k}": f"{v:.4f}" for k, v in cand_scores.items() if k != "sdr"}}
+    version_tags = {tags.STUDY: study.name, tags.TRIAL_ID: trial, tags.RUN_ID: run_id,
+                    tags.CONFIG: json.dumps(chosen.data.params, sort_keys=True),
+                    tags.BASE_NAME: info["base"].get("name"), tags.BASE_SHA256: info["base"].get("sha256"),
+                    tags.HOLDOUT: data.description, tags.CHAMPION_SCORE: f"{ref_scores['sdr']:.4f}",
+                    tags.COMPARED_WITH: label, tags.DECISION: decision,
+                    **{tags.HOLDOUT_SCORE + k: f"{v:.4f}" for k, v in cand_scores.items()}}
     if study.config["registry"]["merged"]:
         # MSST's merge_weights: a model with no LoRA at run time. Written (and checked against
         # the adapter) before registering, so a failed merge moves no alias
         merged = output_dir(study) / "merged" / f"{name}-{run_id[:12]}.safetensors"
         sha = export.write_merged(candidate, merged)
-        tags.update({"rankhouse.merged": str(merged), "rankhouse.merged_sha256": sha})
+        version_tags.update({tags.MERGED: str(merged), tags.MERGED_SHA256: sha})
         result["merged"] = {"path": str(merged), "sha256": sha}
-    version = register(client, name, run_id, tags)
-    client.set_tag(run_id, "rankhouse.promotion", f"{decision}; {name} version {version}")
+    version = register(client, name, run_id, version_tags)
+    client.set_tag(run_id, tags.PROMOTION, f"{decision}; {name} version {version}")
     result.update(decision="promoted", version=version)
     print(f"promoted: {name} version {version} is @{ALIAS} (models:/{name}@{ALIAS})")
     return result

@@ -25,7 +25,7 @@ import math
 import warnings
 from pathlib import Path
 
-from trainables import tracking
+from trainables import objective, tags, tracking
 
 ARTIFACT_PATH = "plots"
 HISTORY = "optimization_history"
@@ -33,7 +33,6 @@ PARAMS = "sdr_vs_trainable_params"
 IMPORTANCES = "param_importances"
 HEATMAP = "rank_heatmap"
 PARETO = "pareto_front"
-SKIP_TAG = "rankhouse.plot_skipped."
 STATUS_STYLE = {"FINISHED": ("o", "#4c72b0"), "STOPPED": ("v", "#dd8452"), "FAILED": ("x", "#c44e52")}
 
 
@@ -71,7 +70,7 @@ def study_plots(summary: dict, uri: str, parent_id: str, optuna_storage_url: str
             out[name] = reason[:500]
             print(f"note: plot {name} skipped: {out[name]}")
             with contextlib.suppress(Exception):  # an unreachable store has failed the logging above already
-                mlflow.set_tag(parent_id, SKIP_TAG + name, out[name])
+                mlflow.set_tag(parent_id, tags.PLOT_SKIPPED + name, out[name])
     return out
 
 
@@ -79,10 +78,6 @@ def child_runs(mlflow, parent_id: str) -> dict:
     """The parent's child runs by run id (end times and params live there, not in the summary)."""
     exp_id = mlflow.get_run(parent_id).info.experiment_id
     return {r.info.run_id: r for r in tracking.children(mlflow, exp_id, parent_id)}
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def _figure(width: float = 6.4, height: float = 3.8):
@@ -103,7 +98,7 @@ def _scatter_by_status(ax, points: list[tuple]) -> None:
 
 def _base_line(ax, summary: dict) -> None:
     base = summary.get("base", {}).get("metrics", {}).get(summary["objective"]["metric"])
-    if _finite(base):
+    if objective.finite(base):
         ax.axhline(base, color="0.4", linestyle=":", linewidth=1, label=f"base {base:.2f}")
 
 
@@ -114,11 +109,11 @@ def history(summary: dict, runs: dict) -> tuple[list[dict], list[float]]:
         info = getattr(runs.get(t["run_id"]), "info", None)
         return float((info.end_time or info.start_time or math.inf) if info else math.inf)
 
-    done = sorted((t for t in summary["trials"] if _finite(t.get("best"))), key=finished_at)
-    pick = max if summary["objective"]["mode"] == "max" else min
+    done = sorted((t for t in summary["trials"] if objective.finite(t.get("best"))), key=finished_at)
+    mode = summary["objective"]["mode"]
     running: list[float] = []
     for t in done:
-        running.append(pick(running[-1], t["best"]) if running else t["best"])
+        running.append(objective.best([*running[-1:], t["best"]], mode))
     return done, running
 
 
@@ -157,7 +152,7 @@ def params_plot(summary: dict, runs: dict, path: Path) -> Path:
         run = runs.get(t["run_id"])
         params = run.data.params if run is not None else {}
         with contextlib.suppress(KeyError, ValueError):
-            if _finite(t.get("best")):
+            if objective.finite(t.get("best")):
                 points.append((int(params["trainable_params"]), t["best"], t))
     if not points:
         raise Skip(f"no trial logged both trainable_params and {metric}")
@@ -196,7 +191,7 @@ def importances(optuna_storage_url: str, optuna_study_name: str) -> tuple[dict[s
     except KeyError:
         raise Skip(f"no Optuna study {optuna_study_name!r} in {optuna_storage_url}") from None
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.values and all(_finite(v) for v in t.values)]
+                if t.values and all(objective.finite(v) for v in t.values)]
     if len(complete) < 2:
         raise Skip(f"parameter importances need at least 2 completed Optuna trials, the study has {len(complete)}")
     searched = sorted({name for t in complete for name in t.distributions})
@@ -285,8 +280,8 @@ def pareto_plot(summary: dict, path: Path) -> Path:
     """Primary objective against the second for every trial with both; the front joined."""
     (y_obj, x_obj), more = summary["objectives"][:2], summary["objectives"][2:]
     points = [(t["objectives"][x_obj["metric"]], t["objectives"][y_obj["metric"]], t) for t in summary["trials"]
-              if _finite(t.get("objectives", {}).get(x_obj["metric"]))
-              and _finite(t.get("objectives", {}).get(y_obj["metric"]))]
+              if objective.finite(t.get("objectives", {}).get(x_obj["metric"]))
+              and objective.finite(t.get("objectives", {}).get(y_obj["metric"]))]
     if not points:
         raise Skip(f"no trial has both {y_obj['metric']} and {x_obj['metric']}")
     fig = _figure()

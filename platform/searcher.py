@@ -29,12 +29,13 @@ save runs again after a resume and is recorded then (once: the record dedupes by
 from __future__ import annotations
 
 import copy
-import math
 import queue
 import threading
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
+
+from trainables import objective
 
 
 def startup_trials(search: dict) -> int:
@@ -73,9 +74,8 @@ class BestEpochOptunaSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         metric, mode = self._primary
-        value, kept = result.get(metric), self._best_reports.get(trial_id)
-        if isinstance(value, (int, float)) and math.isfinite(value) and (
-                kept is None or (value > kept[metric] if mode == "max" else value < kept[metric])):
+        kept = self._best_reports.get(trial_id)
+        if objective.better(result.get(metric), None if kept is None else kept[metric], mode):
             self._best_reports[trial_id] = dict(result)
         super().on_trial_result(trial_id, result)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sqlite3
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Callable
 from platform import pareto, report, spaces
 from platform import cli
 from platform.preflight import prepare
-from trainables import tracking
+from trainables import objective, tags, tracking
 from trainables.errors import RankhouseError
 from trainables.trial import executor, trial_resources
 
@@ -57,9 +56,9 @@ def latest_parent(client, study: spaces.Study, uri: str) -> tuple[str, object]:
     name = study.config["tracking"]["experiment"] or study.name
     exp = client.get_experiment_by_name(name)
     runs = [] if exp is None else client.search_runs(
-        [exp.experiment_id], filter_string=f"tags.`{tracking.STUDY_TAG}` = '{study.name}'",
+        [exp.experiment_id], filter_string=f"tags.`{tags.STUDY}` = '{study.name}'",
         order_by=["attributes.start_time DESC"], max_results=1000)
-    parents = [r for r in runs if tracking.PARENT_TAG not in r.data.tags]
+    parents = [r for r in runs if tags.PARENT not in r.data.tags]
     if not parents:
         raise RankhouseError(f"{study.file}: no search of study {study.name!r} in {uri}; "
                              f"run python -m platform.tune {study.file} first")
@@ -74,9 +73,9 @@ def resume_parent(uri: str, study: spaces.Study) -> tuple[str, str, str]:
         raise RankhouseError(f"{study.file}: the latest search of {study.name!r} (parent run {parent.info.run_id}) "
                              "finished; nothing to resume (run it again without --resume for a new search)")
     pid = parent.info.run_id
-    resumes = int(parent.data.tags.get("rankhouse.resumes", "0")) + 1
+    resumes = int(parent.data.tags.get(tags.RESUMES, "0")) + 1
     mlflow.update_run(pid, status="RUNNING")
-    mlflow.set_tag(pid, "rankhouse.resumes", str(resumes))
+    mlflow.set_tag(pid, tags.RESUMES, str(resumes))
     return mlflow.get_experiment(exp_id).name, exp_id, pid
 
 
@@ -213,8 +212,8 @@ def start_parent(uri: str, study: spaces.Study, prepared, out: Path) -> tuple[st
     # artifacts beside the store (MLflow's default is ./mlruns of whatever the cwd is)
     artifacts = (out / "artifacts").as_uri() if uri.startswith("sqlite:") else None
     exp_id = exp.experiment_id if exp else mlflow.create_experiment(name, artifact_location=artifacts)
-    parent = mlflow.create_run(exp_id, run_name=f"{study.name}-study", tags={tracking.STUDY_TAG: study.name,
-                                                                             "rankhouse.space": str(study.file)})
+    parent = mlflow.create_run(exp_id, run_name=f"{study.name}-study", tags={tags.STUDY: study.name,
+                                                                             tags.SPACE: str(study.file)})
     pid = parent.info.run_id
     tracking.log_params(mlflow, pid, {**tracking.flatten({k: v for k, v in prepared.config.items()
                                                             if k not in ("search",)}),
@@ -381,8 +380,6 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
     return tuner.fit()
 
 
-LOST_TAG = "rankhouse.lost"
-PARETO_TAG = "rankhouse.pareto"  # on the child runs of a multi-objective search's front
 
 
 def close_child_runs(study: spaces.Study, results, uri: str, exp_id: str, parent_id: str) -> None:
@@ -391,21 +388,21 @@ def close_child_runs(study: spaces.Study, results, uri: str, exp_id: str, parent
     mlflow = tracking.client(uri)
     tune_trials = {Path(r.path).name.removeprefix("trial_"): r for r in results}
     for run in tracking.children(mlflow, exp_id, parent_id, status="RUNNING"):
-        result = tune_trials.get(run.data.tags.get(tracking.TRIAL_TAG))
+        result = tune_trials.get(run.data.tags.get(tags.TRIAL_ID))
         if result is None:
             # started just before a killed driver could save it in Tune's state: --resume does not
             # know it (it had no checkpoint) and samples a new trial in its place
-            mlflow.set_tag(run.info.run_id, LOST_TAG, "lost with a killed driver before Tune saved it; replaced")
+            mlflow.set_tag(run.info.run_id, tags.LOST, "lost with a killed driver before Tune saved it; replaced")
             mlflow.set_terminated(run.info.run_id, status="KILLED")
             continue
         epochs = len(tracking.epochs(mlflow, run.info.run_id, study.config["objective"]["metric"]))
         if result is not None and result.error is not None:
-            mlflow.set_tag(run.info.run_id, "rankhouse.failure", " ".join(str(result.error).split())[:4000])
+            mlflow.set_tag(run.info.run_id, tags.FAILURE, " ".join(str(result.error).split())[:4000])
             mlflow.set_terminated(run.info.run_id, status="FAILED")
         elif epochs >= study.config["train"]["epochs"]:
             mlflow.set_terminated(run.info.run_id, status="FINISHED")
         else:
-            mlflow.set_tag(run.info.run_id, "rankhouse.stopped_by", "scheduler")
+            mlflow.set_tag(run.info.run_id, tags.STOPPED_BY, "scheduler")
             mlflow.set_terminated(run.info.run_id, status="KILLED")
 
 
@@ -418,14 +415,14 @@ def summarize(study: spaces.Study, results, prepared, uri: str, experiment: str,
     status_names = {"KILLED": "STOPPED"}
     trials = []
     for run in tracking.children(mlflow, exp_id, parent_id):
-        if LOST_TAG in run.data.tags:
+        if tags.LOST in run.data.tags:
             continue
-        tid = run.data.tags.get(tracking.TRIAL_TAG)
+        tid = run.data.tags.get(tags.TRIAL_ID)
         history = tracking.epochs(mlflow, run.info.run_id, metric)
         values = list(history.values())
-        best = (max if mode == "max" else min)(values) if values else None
+        best = objective.best(values, mode)
         params = run.data.params
-        best_epoch = run.data.tags.get("rankhouse.best_epoch")
+        best_epoch = run.data.tags.get(tags.BEST_EPOCH)
         row = {
             "trial_id": tid, "run_id": run.info.run_id,
             "status": status_names.get(run.info.status, run.info.status),
@@ -435,13 +432,12 @@ def summarize(study: spaces.Study, results, prepared, uri: str, experiment: str,
             "trainable_params": int(params["trainable_params"]) if "trainable_params" in params else None,
             "adapter_bytes": int(params["adapter_bytes"]) if "adapter_bytes" in params else None,
             "adapter": f"runs:/{run.info.run_id}/adapter" if best_epoch else None,
-            "failure": run.data.tags.get("rankhouse.failure"),
+            "failure": run.data.tags.get(tags.FAILURE),
         }
         if len(objs) > 1:  # every objective at the epoch whose adapter the trial kept
             row["objectives"] = {m: objective_value(mlflow, run.info.run_id, row, m, best_epoch) for m, _ in objs}
         trials.append(row)
-    sign = -1 if mode == "max" else 1
-    trials.sort(key=lambda t: (t["best"] is None or not math.isfinite(t["best"]), sign * (t["best"] or 0)))
+    trials.sort(key=lambda t: objective.rank_key(t["best"], mode))
     best = next((t for t in trials if t["best"] is not None and t["adapter"]), None)
     summary = {"study": study.name, "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent_id,
                "objective": {"metric": metric, "mode": mode}, "base": {"identity": prepared.base_identity,
@@ -563,11 +559,11 @@ def main(argv: list[str]) -> int:
                                out / "plots")
     summary["plots"] = {k: str(v) if isinstance(v, Path) else f"skipped: {v}" for k, v in plots.items()}
     if summary["best"]:
-        mlflow.set_tag(parent_id, "rankhouse.best_run", summary["best"]["run_id"])
+        mlflow.set_tag(parent_id, tags.BEST_RUN, summary["best"]["run_id"])
         mlflow.log_metric(parent_id, tracking.key(f"best/{metric}"), summary["best"]["best"])
     if "pareto" in summary:  # filterable in the MLflow UI: tags.`rankhouse.pareto` = 'true'
         for t in summary["pareto"]:
-            mlflow.set_tag(t["run_id"], PARETO_TAG, "true")
+            mlflow.set_tag(t["run_id"], tags.PARETO, "true")
         mlflow.log_metric(parent_id, "pareto_size", len(summary["pareto"]))
     mlflow.set_terminated(parent_id, status="FINISHED")
     print_table(summary)

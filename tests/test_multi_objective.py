@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from platform import pareto, report, spaces
+from trainables import tags
 from platform.searcher import BestEpochOptunaSearch
 from trainables.errors import RankhouseError
 
@@ -129,7 +130,6 @@ def test_a_multi_objective_search_returns_a_non_dominated_front(tmp_path):
     the Pareto plot and the chosen trial's rank heatmap."""
     import torch
 
-    from platform import tune
     from trainables import htdemucs, tracking
 
     kwargs = dict(audio_channels=2, channels=16, depth=4, nfft=4096, samplerate=22050, segment=2, t_layers=2,
@@ -180,6 +180,6 @@ def test_a_multi_objective_search_returns_a_non_dominated_front(tmp_path):
     assert {f"plots/{report.PARETO}.png", f"plots/{report.HEATMAP}.png"} <= artifacts
     assert client.get_run(summary["parent_run_id"]).data.metrics["pareto_size"] == len(front)
     for t in done:
-        assert (client.get_run(t["run_id"]).data.tags.get(tune.PARETO_TAG) == "true") == (t["run_id"] in front)
+        assert (client.get_run(t["run_id"]).data.tags.get(tags.PARETO) == "true") == (t["run_id"] in front)
     for name in (report.PARETO, report.HEATMAP):
         assert Path(summary["plots"][name]).read_bytes().startswith(PNG)

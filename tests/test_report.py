@@ -11,7 +11,7 @@ import optuna
 import pytest
 
 from platform import report, tune
-from trainables import tracking
+from trainables import tags, tracking
 
 PNG = b"\x89PNG\r\n\x1a\n"
 STUDY = "techhouse"
@@ -26,7 +26,7 @@ def store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = tracking.client(uri)
     exp = client.create_experiment(STUDY, artifact_location=(tmp_path / "artifacts").as_uri())
-    parent = client.create_run(exp, run_name=f"{STUDY}-study", tags={tracking.STUDY_TAG: STUDY}).info.run_id
+    parent = client.create_run(exp, run_name=f"{STUDY}-study", tags={tags.STUDY: STUDY}).info.run_id
     results = []
     for tid, params, sdrs, end in TRIALS:
         run_id, _ = tracking.child_run(client, exp, parent, STUDY, tid, f"trial_{tid}")
@@ -76,7 +76,7 @@ def test_four_plots_are_logged_to_the_parent_run(store, tmp_path):
     assert artifacts(client, parent) == {f"{n}.png" for n in made}
     local = Path(client.download_artifacts(parent, report.ARTIFACT_PATH))
     assert all((local / f"{n}.png").read_bytes()[:8] == PNG for n in made)
-    assert not [k for k in client.get_run(parent).data.tags if k.startswith(report.SKIP_TAG)]
+    assert not [k for k in client.get_run(parent).data.tags if k.startswith(tags.PLOT_SKIPPED)]
 
 
 def test_history_is_in_completion_order_with_the_running_best(store):
@@ -110,7 +110,7 @@ def test_one_trial_skips_importances_with_a_reason(store, tmp_path, capsys):
     assert isinstance(reason, str) and "at least 2 completed Optuna trials" in reason and "has 1" in reason
     assert isinstance(made[report.HISTORY], Path) and isinstance(made[report.PARAMS], Path)
     assert artifacts(client, parent) == {f"{report.HISTORY}.png", f"{report.PARAMS}.png", f"{report.HEATMAP}.png"}
-    assert client.get_run(parent).data.tags[report.SKIP_TAG + report.IMPORTANCES] == reason
+    assert client.get_run(parent).data.tags[tags.PLOT_SKIPPED + report.IMPORTANCES] == reason
     assert f"note: plot {report.IMPORTANCES} skipped: {reason}" in capsys.readouterr().out
 
 
@@ -135,5 +135,5 @@ def test_nothing_to_plot_is_skipped_never_raised(tmp_path):
                     report.IMPORTANCES: f"no Optuna study 'missing' in sqlite:///{tmp_path / 'optuna.db'}",
                     report.HEATMAP: "no trial produced an adapter"}
     assert artifacts(client, parent) == set()
-    tags = client.get_run(parent).data.tags
-    assert {k for k in tags if k.startswith(report.SKIP_TAG)} == {report.SKIP_TAG + n for n in made}
+    run_tags = client.get_run(parent).data.tags
+    assert {k for k in run_tags if k.startswith(tags.PLOT_SKIPPED)} == {tags.PLOT_SKIPPED + n for n in made}

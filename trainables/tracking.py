@@ -11,9 +11,8 @@ import re
 import time
 from typing import Any, Iterable
 
-PARENT_TAG = "mlflow.parentRunId"
-STUDY_TAG = "rankhouse.study"
-TRIAL_TAG = "rankhouse.trial_id"
+from trainables import tags
+
 _BAD = re.compile(r"[^\w\-. /:]")
 
 
@@ -39,28 +38,29 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def log_params(mlflow, run_id: str, params: dict[str, Any], tags: dict[str, str] | None = None) -> None:
+def log_params(mlflow, run_id: str, params: dict[str, Any], run_tags: dict[str, str] | None = None) -> None:
     """Params (and tags) in as few of MLflow's batches as its limits allow: each batch is one
     round trip and one commit to the store."""
     from mlflow.entities import Param
 
     items = [Param(key(k)[:250], str(v)[:6000]) for k, v in params.items()]
     for i in range(0, max(len(items), 1), 100):  # MLflow's batch limit
-        mlflow.log_batch(run_id, params=items[i:i + 100], tags=_run_tags(tags) if i == 0 else [])
+        mlflow.log_batch(run_id, params=items[i:i + 100], tags=_run_tags(run_tags) if i == 0 else [])
 
 
-def log_metrics(mlflow, run_id: str, metrics: dict[str, float], step: int, tags: dict[str, str] | None = None) -> None:
+def log_metrics(mlflow, run_id: str, metrics: dict[str, float], step: int,
+                run_tags: dict[str, str] | None = None) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     items = [Metric(key(k), float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
-    mlflow.log_batch(run_id, metrics=items, tags=_run_tags(tags))
+    mlflow.log_batch(run_id, metrics=items, tags=_run_tags(run_tags))
 
 
-def _run_tags(tags: dict[str, Any] | None) -> list:
+def _run_tags(run_tags: dict[str, Any] | None) -> list:
     from mlflow.entities import RunTag
 
-    return [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+    return [RunTag(k, str(v)) for k, v in (run_tags or {}).items()]
 
 
 def child_run(mlflow, experiment_id: str, parent_id: str, study: str, trial_id: str,
@@ -68,14 +68,14 @@ def child_run(mlflow, experiment_id: str, parent_id: str, study: str, trial_id: 
     """The trial's child run, found by tag if it exists (retry/resume), created otherwise:
     (run id, the status it had when found; None when created now)."""
     found = mlflow.search_runs([experiment_id], filter_string=(
-        f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'"), max_results=1)
+        f"tags.`{tags.PARENT}` = '{parent_id}' and tags.`{tags.TRIAL_ID}` = '{trial_id}'"), max_results=1)
     if found:
         run_id, status = found[0].info.run_id, found[0].info.status
         if status != "FINISHED":  # a finished trial is never reopened (see trial.run_trial)
             mlflow.update_run(run_id, status="RUNNING")
         return run_id, status
     run = mlflow.create_run(experiment_id, run_name=trial_name,
-                            tags={PARENT_TAG: parent_id, STUDY_TAG: study, TRIAL_TAG: trial_id})
+                            tags={tags.PARENT: parent_id, tags.STUDY: study, tags.TRIAL_ID: trial_id})
     return run.info.run_id, None
 
 
@@ -88,5 +88,5 @@ def children(mlflow, experiment_id: str, parent_id: str, status: str | None = No
     """The parent's child runs (only those in ``status``, if given: the store filters them, so
     the runs that are not wanted are never loaded with their params and tags)."""
     only = f" and attributes.status = '{status}'" if status else ""
-    return mlflow.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'{only}",
+    return mlflow.search_runs([experiment_id], filter_string=f"tags.`{tags.PARENT}` = '{parent_id}'{only}",
                               max_results=10_000)

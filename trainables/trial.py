@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from trainables import checkpoint, previews, tracking
+from trainables import checkpoint, objective, previews, tags, tracking
 from trainables.errors import TrialFailed
 
 # ``trainables.loop`` (PEFT, which imports transformers: ~5 s) is imported where a trial trains,
@@ -101,7 +100,7 @@ def run_trial(sampled: dict, study: dict) -> None:
     except (ray.train.TrainingFailedError, TrialFailed) as exc:
         # the training itself failed. Other exceptions come from Tune tearing the trial down
         # (an early stop): the driver closes those runs from what they logged.
-        mlflow.set_tag(run_id, "rankhouse.failure", " ".join(str(exc).split())[:4000])
+        mlflow.set_tag(run_id, tags.FAILURE, " ".join(str(exc).split())[:4000])
         mlflow.set_terminated(run_id, status="FAILED")
         raise
     mlflow.set_terminated(run_id, status="FINISHED")
@@ -156,9 +155,9 @@ def log_preview(mlflow, run_id: str, setup: loop.Setup | None, metrics: dict, de
                                    device, folder, seconds=seconds)
             previews.sdr_bar_chart(metrics, folder / previews.CHART)
             mlflow.log_artifacts(run_id, tmp, previews.ARTIFACT_PATH)
-        mlflow.set_tag(run_id, "rankhouse.preview_epoch", str(metrics["epoch"]))
+        mlflow.set_tag(run_id, tags.PREVIEW_EPOCH, str(metrics["epoch"]))
     except Exception as exc:  # any failure here must not cost the trial
-        mlflow.set_tag(run_id, "rankhouse.preview_warning",
+        mlflow.set_tag(run_id, tags.PREVIEW_WARNING,
                        f"epoch {metrics.get('epoch')}: {type(exc).__name__}: {' '.join(str(exc).split())}"[:4000])
 
 
@@ -166,9 +165,9 @@ def note_restart(mlflow, run_id: str, epoch: int) -> None:
     """Tags of a retried trial. Its MLflow history then holds the epochs the lost attempt logged
     after its last checkpoint, and the same epochs again from the retry: steps stay in order and
     ``tracking.epochs`` keeps the retry's value of each."""
-    restarts = int(mlflow.get_run(run_id).data.tags.get("rankhouse.restarts", "0")) + 1
-    mlflow.set_tag(run_id, "rankhouse.restarts", str(restarts))
-    mlflow.set_tag(run_id, "rankhouse.resumed_from_epoch", str(epoch))
+    restarts = int(mlflow.get_run(run_id).data.tags.get(tags.RESTARTS, "0")) + 1
+    mlflow.set_tag(run_id, tags.RESTARTS, str(restarts))
+    mlflow.set_tag(run_id, tags.RESUMED_FROM_EPOCH, str(epoch))
 
 
 def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: int, device: torch.device,
@@ -180,7 +179,7 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
     metric, mode = cfg["objective"]["metric"], cfg["objective"]["mode"]
     # a resumed trial keeps comparing against the best epoch it logged before
     logged = list(tracking.epochs(mlflow, run_id, metric).values()) if rank0 and not config.get("new_run") else []
-    best = {"value": (max if mode == "max" else min)(logged) if logged else None}
+    best = {"value": objective.best(logged, mode)}
     setups: list[loop.Setup] = []  # kept by ``describe``: the preview needs the model and the valid split
     costs: dict[str, int] = {}  # trainable_params, adapter_bytes: filled by ``describe``
     # ``loop.train`` unless the search passed another function of the same signature
@@ -195,13 +194,12 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
     def report(metrics: dict, folder: Path) -> None:
         if rank0:
             value = metrics.get(metric)
-            better = value is not None and math.isfinite(value) and (
-                best["value"] is None or (value > best["value"] if mode == "max" else value < best["value"]))
+            better = objective.better(value, best["value"], mode)
             if better:  # the adapter at the best epoch is the trial's artifact, logged before the tag names it
                 best["value"] = value
                 mlflow.log_artifacts(run_id, str(folder / checkpoint.ADAPTER), "adapter")
             tracking.log_metrics(mlflow, run_id, metrics, step=int(metrics["epoch"]),
-                                 tags={"rankhouse.best_epoch": metrics["epoch"]} if better else None)
+                                 run_tags={tags.BEST_EPOCH: metrics["epoch"]} if better else None)
             if better and setups:  # a training function that describes no model has nothing to listen to
                 log_preview(mlflow, run_id, setups[-1], metrics, device)
         # what the adapter costs rides along every report: a multi-objective search may minimise it
@@ -224,7 +222,7 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
         # which process trains (tags: a retried trial runs in another process); for operators
         # and for the fault-tolerance test that kills it
         tracking.log_params(mlflow, run_id, {**info, **{f"rank.{m}": r for m, r in setup.ranks.items()}},
-                            tags={"rankhouse.pid": os.getpid(), "rankhouse.node": ray.util.get_node_ip_address()})
+                            run_tags={tags.PID: os.getpid(), tags.NODE: ray.util.get_node_ip_address()})
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "ranks.json").write_text(json.dumps(setup.ranks, indent=1))
             mlflow.log_artifact(run_id, str(Path(tmp) / "ranks.json"))
