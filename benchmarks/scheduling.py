@@ -121,8 +121,9 @@ def main() -> None:
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from platform import report, spaces, tune
+    from platform import ray_session, report, spaces, study_runs, tune
     from platform.searcher import sampler
+    from platform.summary import summarize
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="rankhouse-scheduling-"))
@@ -161,20 +162,20 @@ def main() -> None:
     def run_platform(out: Path) -> dict:
         out.mkdir(parents=True)
         started = time.perf_counter()
-        uri = tune.tracking_uri(study, out)
-        _, exp_id, parent_id = tune.start_parent(uri, study, prepared, out)
+        uri = study_runs.tracking_uri(study, out)
+        _, exp_id, parent_id = study_runs.start_parent(uri, study, prepared, out)
         results = tune.run_search(study, prepared, out, uri, exp_id, parent_id, train=synthetic_train)
         fit = time.perf_counter() - started
         tune.close_child_runs(study, results, uri, exp_id, parent_id)
-        summary = tune.summarize(study, results, prepared, uri, study.name, exp_id, parent_id)
-        report.study_plots(summary, uri, parent_id, tune.optuna_storage_url(out),
-                           tune.optuna_study_name(study, parent_id), out / "plots")
+        summary = summarize(study, results, prepared, uri, study.name, exp_id, parent_id)
+        report.study_plots(summary, uri, parent_id, study_runs.optuna_storage_url(out),
+                           study_runs.optuna_study_name(study, parent_id), out / "plots")
         wall = time.perf_counter() - started
         reports = sum(t["epochs"] for t in summary["trials"])
         return {"wall": wall, "fit": fit, "trials": len(summary["trials"]), "reports": reports,
                 "records": mlflow_records(out / "mlflow.db")}
 
-    tune.launch_ray(work)
+    ray_session.launch_ray(work)
     rows: dict[str, list[dict]] = {"tune": [], "platform": []}
     for i in range(args.repeat):
         order = ("tune", "platform") if i % 2 == 0 else ("platform", "tune")

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from platform import preflight, spaces, tune  # run with -m from the root: ``platform`` is rankhouse's
+from platform import preflight, ray_session, spaces, study_runs, tune  # run with -m from the root: ``platform`` is rankhouse's
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,9 +67,9 @@ def main() -> None:
         out = work / name.replace(" ", "")
         out.mkdir()
         started = time.perf_counter()
-        tune.launch_ray(out)
-        uri = tune.tracking_uri(study, out)
-        _, exp_id, parent_id = tune.start_parent(uri, study, prepared, out)
+        ray_session.launch_ray(out)
+        uri = study_runs.tracking_uri(study, out)
+        _, exp_id, parent_id = study_runs.start_parent(uri, study, prepared, out)
         setup.append(time.perf_counter() - started)
         started = time.perf_counter()
         tune.run_search(study, prepared, out, uri, exp_id, parent_id)

@@ -33,7 +33,7 @@ from platform.cli import run
 from platform.corpus import embedded_corpus
 from platform.data import Progress
 from platform.preflight import resolve_data
-from platform.tune import latest_parent, output_dir, tracking_uri
+from platform.study_runs import latest_parent, output_dir, tracking_uri
 from trainables import bsseval, bundle, objective, tags, tracking
 from trainables.data import cache as stem_cache
 from trainables.data.layout import normalize_sources, stems_of

@@ -4,6 +4,10 @@ Ray Tune samples configurations with Optuna (TPE, multivariate, define-by-run; t
 in SQLite) and stops weak trials early with ASHA; each trial is a Ray Train job running
 ``trainables.loop``; MLflow gets a parent run for the study and a child run per trial.
 Everything that can be wrong with the inputs is checked before Ray starts.
+
+This module runs the search; its neighbours own the rest: ``platform.ray_session`` (the Ray it
+runs on), ``platform.study_runs`` (the study's folders and MLflow parent runs, shared with
+promotion) and ``platform.summary`` (the summary and the tables printed at the end).
 """
 
 from __future__ import annotations
@@ -11,217 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 from pathlib import Path
 from typing import Callable
 
-from platform import pareto, report, spaces
-from platform import cli
+from platform import cli, report, spaces
 from platform.preflight import prepare
-from trainables import objective, tags, tracking
+from platform.ray_session import launch_ray, stop_stale_ray
+from platform.study_runs import (optuna_storage_url, optuna_study_name, output_dir, resume_parent, start_parent,
+                                 tracking_uri)
+from platform.summary import print_pareto, print_table, summarize
+from trainables import tags, tracking
 from trainables.errors import RankhouseError
 from trainables.trial import executor, trial_resources
 
-# Ray Train V2 polls its workers every 2 s by default; on a short trial that is most of the
-# overhead (see benchmarks/trial_overhead.py). Users may still override these.
-RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-           # trials keep the driver's working directory (every path they get is absolute anyway)
-           "RAY_CHDIR_TO_TRIAL_DIR": "0"}
 TRIAL_FUNCTION_CPU = 0.01  # Ray refuses 0; with the train executor the trial function only waits
-
-
-def output_dir(study: spaces.Study) -> Path:
-    return Path(study.config["tracking"]["output"] or Path("runs") / study.name).resolve()
-
-
-def tracking_uri(study: spaces.Study, out: Path) -> str:
-    """The study's MLflow store. Relative SQLite paths are made absolute: trials run elsewhere."""
-    uri = study.config["tracking"]["uri"] or f"sqlite:///{out / 'mlflow.db'}"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
-    return uri
-
-
-def optuna_storage_url(out: Path) -> str:
-    return f"sqlite:///{out / 'optuna.db'}"
-
-
-def optuna_study_name(study: spaces.Study, parent_id: str) -> str:
-    """One Optuna study per MLflow parent run: a new search never learns from an old one."""
-    return f"{study.name}-{parent_id}"
-
-
-def latest_parent(client, study: spaces.Study, uri: str) -> tuple[str, object]:
-    """(experiment id, run) of the study's most recent search."""
-    name = study.config["tracking"]["experiment"] or study.name
-    exp = client.get_experiment_by_name(name)
-    runs = [] if exp is None else client.search_runs(
-        [exp.experiment_id], filter_string=f"tags.`{tags.STUDY}` = '{study.name}'",
-        order_by=["attributes.start_time DESC"], max_results=1000)
-    parents = [r for r in runs if tags.PARENT not in r.data.tags]
-    if not parents:
-        raise RankhouseError(f"{study.file}: no search of study {study.name!r} in {uri}; "
-                             f"run python -m platform.tune {study.file} first")
-    return parents[0].info.experiment_id, parents[0]
-
-
-def resume_parent(uri: str, study: spaces.Study) -> tuple[str, str, str]:
-    """The parent run of the study's latest search, if it did not finish: reopened for --resume."""
-    mlflow = tracking.client(uri)
-    exp_id, parent = latest_parent(mlflow, study, uri)
-    if parent.info.status == "FINISHED":
-        raise RankhouseError(f"{study.file}: the latest search of {study.name!r} (parent run {parent.info.run_id}) "
-                             "finished; nothing to resume (run it again without --resume for a new search)")
-    pid = parent.info.run_id
-    resumes = int(parent.data.tags.get(tags.RESUMES, "0")) + 1
-    mlflow.update_run(pid, status="RUNNING")
-    mlflow.set_tag(pid, tags.RESUMES, str(resumes))
-    return mlflow.get_experiment(exp_id).name, exp_id, pid
-
-
-SESSION_FILE = "ray-session.json"
-OWNER_VAR = "RANKHOUSE_RAY_OWNER"  # in the environment of every process a local Ray of ours starts
-
-
-def mark_ray_owner(out: Path) -> None:
-    """Before a local Ray starts: a token every process it starts inherits, kept in the study
-    folder so a --resume after a killed driver can stop exactly what that driver's Ray left
-    running. Ray retitles its processes (command lines cannot tell whose they are), and its
-    dashboard and runtime-env agents, which outlive a SIGKILLed driver, also overwrite their
-    environment: ``record_ray_processes`` notes those by pid and start time once Ray is up."""
-    if os.environ.get("RAY_ADDRESS"):
-        return  # a cluster's Ray is not ours to stop
-    token = f"{out}:{os.getpid()}:{os.urandom(4).hex()}"
-    os.environ[OWNER_VAR] = token
-    (out / SESSION_FILE).write_text(json.dumps({"owner": token, "driver": os.getpid()}))
-
-
-def _start_time(pid: int) -> str | None:
-    try:  # field 22 of /proc/PID/stat, after the parenthesised command name
-        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError):
-        return None
-
-
-def running(pid: int, started: str | None) -> bool:
-    """The process ``pid`` that started at ``started`` still runs (a zombie does not: an orphan
-    whose reaper does not reap keeps its /proc entry)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z" and started is not None and _start_time(pid) == started
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("PPid:"))
-        return int(line.split()[1])
-    except (OSError, StopIteration):
-        return None
-
-
-def record_ray_processes(out: Path) -> None:
-    """Once our local Ray is up: its processes and their children (the agents), by pid and start time."""
-    record = out / SESSION_FILE
-    if os.environ.get("RAY_ADDRESS") or not record.is_file():
-        return
-    info = json.loads(record.read_text())
-    info["processes"] = ray_processes(info["owner"])
-    record.write_text(json.dumps(info))
-
-
-def ray_processes(token: str) -> list[list]:
-    """[pid, start time] of the processes carrying ``token`` and of their children (the agents)."""
-    owned = set(owned_by(token))
-    children = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(int(p.name)) in owned}
-    return [[pid, _start_time(pid)] for pid in sorted(owned | children) if pid != os.getpid()]
-
-
-def stale_ray_processes(out: Path) -> list[int]:
-    """Live processes of the local Ray a previous driver of this study started."""
-    record = out / SESSION_FILE
-    if not record.is_file():
-        return []
-    info = json.loads(record.read_text())
-    found = set(owned_by(info["owner"]))
-    found |= {pid for pid, started in info.get("processes", []) if running(pid, started)}
-    return sorted(found - {os.getpid()})
-
-
-def stop_stale_ray(out: Path) -> int:
-    """Stop the processes of the local Ray a killed driver of this study started; returns how many."""
-    import signal
-    import time
-
-    record = out / SESSION_FILE
-    if not record.is_file():
-        return 0
-    info = json.loads(record.read_text())
-    if _alive(info.get("driver")):
-        raise RankhouseError(f"{out}: the search's driver (pid {info['driver']}) is still running; "
-                             "stop it before --resume")
-    stale = stale_ray_processes(out)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in stale:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        if sig == signal.SIGTERM and stale:
-            time.sleep(2)
-    record.unlink()
-    return len(stale)
-
-
-def owned_by(token: str) -> list[int]:
-    """Processes whose environment carries ``token``."""
-    mark = f"{OWNER_VAR}={token}".encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            if mark in (proc / "environ").read_bytes().split(b"\0"):
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
-
-
-def _alive(pid) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def start_parent(uri: str, study: spaces.Study, prepared, out: Path) -> tuple[str, str, str]:
-    mlflow = tracking.client(uri)
-    if uri.startswith("sqlite:///"):
-        # several trial processes write to one SQLite file: WAL lets readers and one writer overlap
-        with sqlite3.connect(uri.removeprefix("sqlite:///")) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-    name = study.config["tracking"]["experiment"] or study.name
-    exp = mlflow.get_experiment_by_name(name)
-    # artifacts beside the store (MLflow's default is ./mlruns of whatever the cwd is)
-    artifacts = (out / "artifacts").as_uri() if uri.startswith("sqlite:") else None
-    exp_id = exp.experiment_id if exp else mlflow.create_experiment(name, artifact_location=artifacts)
-    parent = mlflow.create_run(exp_id, run_name=f"{study.name}-study", tags={tags.STUDY: study.name,
-                                                                             tags.SPACE: str(study.file)})
-    pid = parent.info.run_id
-    tracking.log_params(mlflow, pid, {**tracking.flatten({k: v for k, v in prepared.config.items()
-                                                            if k not in ("search",)}),
-                                      "base.name": prepared.base_identity["name"],
-                                      "base.sha256": prepared.base_identity["sha256"]})
-    tracking.log_metrics(mlflow, pid, {f"base/{k}": v for k, v in prepared.base_metrics.items()}, step=0)
-    mlflow.log_artifact(pid, str(study.file))
-    return name, exp_id, pid
 
 
 def concurrency(study: spaces.Study, total_cpus: float, total_gpus: float, autoscaling: bool = False) -> int:
@@ -251,37 +58,6 @@ def concurrency(study: spaces.Study, total_cpus: float, total_gpus: float, autos
         print(f"note: search.max_concurrent {wanted} lowered to {fits}: that many trials fit in the "
               f"cluster's {total_cpus:g} CPUs / {total_gpus:g} GPUs")
     return max(1, min(wanted, fits))
-
-
-def start_ray() -> None:
-    """Connect to ``RAY_ADDRESS`` (a cluster) or start a local Ray bound to 127.0.0.1."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    env = {k: os.environ.get(k, v) for k, v in RAY_ENV.items()}
-    os.environ.update(env)
-    address = os.environ.get("RAY_ADDRESS")
-    try:
-        # "local": a Ray of this search's own, never a cluster someone left running on this machine
-        ray.init(address=address or "local", runtime_env={"env_vars": env},
-                 log_to_driver=bool(os.environ.get("RANKHOUSE_RAY_LOGS")),
-                 **({} if address else {"_node_ip_address": "127.0.0.1"}))
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise RankhouseError(f"cannot start or reach Ray (RAY_ADDRESS={address or 'unset'}): "
-                             f"{' '.join(str(exc).split())[:300]}") from None
-
-
-def launch_ray(out: Path) -> None:
-    """Start (or join) the search's Ray once, marking a local one as this study's own (``--resume``
-    stops what a killed driver's Ray left running)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    mark_ray_owner(out)
-    start_ray()
-    record_ray_processes(out)
 
 
 def storage_root(study: spaces.Study, out: Path) -> str:
@@ -380,8 +156,6 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
     return tuner.fit()
 
 
-
-
 def close_child_runs(study: spaces.Study, results, uri: str, exp_id: str, parent_id: str) -> None:
     """Give every trial's run its final status. Tune ends a trial function that the scheduler
     stopped (or whose last report crossed Tune's stop) before it can close its own run."""
@@ -404,115 +178,6 @@ def close_child_runs(study: spaces.Study, results, uri: str, exp_id: str, parent
         else:
             mlflow.set_tag(run.info.run_id, tags.STOPPED_BY, "scheduler")
             mlflow.set_terminated(run.info.run_id, status="KILLED")
-
-
-def summarize(study: spaces.Study, results, prepared, uri: str, experiment: str, exp_id: str, parent_id: str) -> dict:
-    """One row per trial from MLflow (the record users browse), with the configs Tune sampled."""
-    mlflow = tracking.client(uri)
-    configs = {Path(r.path).name.removeprefix("trial_"): dict(r.config) for r in results}
-    metric, mode = study.config["objective"]["metric"], study.config["objective"]["mode"]
-    objs = spaces.objectives(study.config)
-    status_names = {"KILLED": "STOPPED"}
-    trials = []
-    for run in tracking.children(mlflow, exp_id, parent_id):
-        if tags.LOST in run.data.tags:
-            continue
-        tid = run.data.tags.get(tags.TRIAL_ID)
-        history = tracking.epochs(mlflow, run.info.run_id, metric)
-        values = list(history.values())
-        best = objective.best(values, mode)
-        params = run.data.params
-        best_epoch = run.data.tags.get(tags.BEST_EPOCH)
-        row = {
-            "trial_id": tid, "run_id": run.info.run_id,
-            "status": status_names.get(run.info.status, run.info.status),
-            "config": configs.get(tid, {}),
-            "metrics": {k: v for k, v in run.data.metrics.items() if k.startswith(("valid/", "train/"))},
-            "best": best, "epochs": len(history),
-            "trainable_params": int(params["trainable_params"]) if "trainable_params" in params else None,
-            "adapter_bytes": int(params["adapter_bytes"]) if "adapter_bytes" in params else None,
-            "adapter": f"runs:/{run.info.run_id}/adapter" if best_epoch else None,
-            "failure": run.data.tags.get(tags.FAILURE),
-        }
-        if len(objs) > 1:  # every objective at the epoch whose adapter the trial kept
-            row["objectives"] = {m: objective_value(mlflow, run.info.run_id, row, m, best_epoch) for m, _ in objs}
-        trials.append(row)
-    trials.sort(key=lambda t: objective.rank_key(t["best"], mode))
-    best = next((t for t in trials if t["best"] is not None and t["adapter"]), None)
-    summary = {"study": study.name, "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent_id,
-               "objective": {"metric": metric, "mode": mode}, "base": {"identity": prepared.base_identity,
-                                                                       "metrics": prepared.base_metrics},
-               "trials": trials, "best": best}
-    if len(objs) > 1:
-        summary["objectives"] = [{"metric": m, "mode": d} for m, d in objs]
-        on_front = set(pareto.front({t["run_id"]: [t["objectives"][m] for m, _ in objs]
-                                     for t in trials if t["adapter"]}, [d for _, d in objs]))
-        summary["pareto"] = [t for t in trials if t["run_id"] in on_front]
-    return summary
-
-
-def objective_value(mlflow, run_id: str, row: dict, metric: str, best_epoch: str | None) -> float | None:
-    """A trial's value of one objective: its cost (constant) or the metric at its best epoch."""
-    if metric in spaces.COST_METRICS:
-        return row[metric]
-    if best_epoch is not None:
-        return tracking.epochs(mlflow, run_id, metric).get(int(best_epoch))
-    return None
-
-
-def short(key: str) -> str:
-    """``lora.layer_ranks."encoder.*"`` -> ``r[encoder.*]``, ``lora.placement.tencoder`` ->
-    ``placed[tencoder]``, ``optim.lr`` -> ``lr``."""
-    parts = spaces.split_key(key)
-    if parts[:2] == ("lora", "layer_ranks"):
-        return f"r[{parts[2]}]"
-    return f"placed[{parts[2]}]" if parts[:2] == ("lora", "placement") else parts[-1]
-
-
-def print_table(summary: dict) -> None:
-    metric = summary["objective"]["metric"]
-    base = summary["base"]["metrics"].get(metric)
-    sources = sorted(k.removeprefix(metric + "/") for k in summary["base"]["metrics"] if k.startswith(metric + "/"))
-    head = f"{'trial':<12} {'status':<9} {'ep':>3} {metric:>10} " + " ".join(f"{s[:7]:>7}" for s in sources) + "  config"
-    print("\n" + head)
-    print("-" * len(head))
-    if base is not None:
-        print(f"{'base':<12} {'':<9} {'':>3} {base:>10.3f} " + " ".join(
-            f"{summary['base']['metrics'][f'{metric}/{s}']:>7.2f}" for s in sources) + "  (no adapter)")
-    for t in summary["trials"]:
-        best = f"{t['best']:.3f}" if t["best"] is not None else "-"
-        per = " ".join(f"{t['metrics'].get(f'{metric}/{s}', float('nan')):>7.2f}" for s in sources)
-        cfg = " ".join(f"{short(k)}={v:.3g}" if isinstance(v, float) else f"{short(k)}={v}"
-                       for k, v in t["config"].items())
-        print(f"{t['trial_id'] or '?':<12} {t['status']:<9} {t['epochs']:>3} {best:>10} {per}  {cfg}")
-    print("(per-source columns: the trial's last epoch; the objective column: its best epoch)")
-    for r in summary.get("rejected", []):
-        cfg = " ".join(f"{short(k)}={v:.3g}" if isinstance(v, float) else f"{short(k)}={v}"
-                       for k, v in r["params"].items())
-        print(f"rejected before training (optuna trial {r['optuna_trial']}): {r['reason']}  {cfg}")
-
-
-def _number(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def print_pareto(summary: dict) -> None:
-    """The non-dominated trials of a multi-objective search, best primary objective first."""
-    if "pareto" not in summary:
-        return
-    objs = summary["objectives"]
-    head = f"{'trial':<12} " + " ".join(f"{o['metric'] + (' ↑' if o['mode'] == 'max' else ' ↓'):>18}" for o in objs)
-    print(f"\nPareto front ({len(summary['pareto'])} of {len(summary['trials'])} trials; "
-          "objectives at each trial's best epoch):")
-    print(head + "  config")
-    print("-" * len(head))
-    for t in summary["pareto"]:
-        cfg = " ".join(f"{short(k)}={v:.3g}" if isinstance(v, float) else f"{short(k)}={v}"
-                       for k, v in t["config"].items())
-        print(f"{t['trial_id'] or '?':<12} " + " ".join(f"{_number(t['objectives'][o['metric']]):>18}" for o in objs)
-              + f"  {cfg}")
 
 
 def main(argv: list[str]) -> int:

@@ -154,7 +154,7 @@ def test_a_search_never_starts_a_trial_for_a_rejected_sample(tmp_path):
     import ray.cloudpickle
 
     import benchmarks.scheduling as scheduling
-    from platform import tune
+    from platform import study_runs, tune
     from trainables import tracking
 
     ray.cloudpickle.register_pickle_by_value(scheduling)
@@ -167,14 +167,14 @@ def test_a_search_never_starts_a_trial_for_a_rejected_sample(tmp_path):
     widest = {p.key: max(p.spec["values"]) for p in study.params if p.type == "choice" and p.key.startswith("lora.")}
     budget = small(fixed) + (small(widest) - small(fixed)) // 4  # the lower quarter of the range fits
     study.config["budget"]["max_trainable_params"] = budget
-    out = tune.output_dir(study)
+    out = study_runs.output_dir(study)
     out.mkdir(parents=True)
-    uri = tune.tracking_uri(study, out)
+    uri = study_runs.tracking_uri(study, out)
     saved = dict(os.environ)
     try:
-        _, exp_id, parent_id = tune.start_parent(uri, study, prepared, out)
+        _, exp_id, parent_id = study_runs.start_parent(uri, study, prepared, out)
         results = tune.run_search(study, prepared, out, uri, exp_id, parent_id, train=scheduling.synthetic_train)
-        rows = rejected(tune.optuna_storage_url(out), tune.optuna_study_name(study, parent_id))
+        rows = rejected(study_runs.optuna_storage_url(out), study_runs.optuna_study_name(study, parent_id))
     finally:
         ray.shutdown()
         os.environ.clear()

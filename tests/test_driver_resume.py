@@ -26,7 +26,7 @@ def title(pid: int) -> str:
 
 @pytest.mark.slow
 def test_a_killed_driver_resumes_the_study(tiny_search, tmp_path):
-    from platform.tune import stale_ray_processes
+    from platform.ray_session import stale_ray_processes
     from trainables import tracking
 
     out, env = tiny_search.out, tiny_search.env

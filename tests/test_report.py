@@ -1,5 +1,5 @@
 """Study plots (platform/report.py) from a real Optuna study in SQLite and a real MLflow store:
-a parent run, child runs as trials log them, and the summary ``platform.tune.summarize`` makes."""
+a parent run, child runs as trials log them, and the summary ``platform.summary.summarize`` makes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from platform import report, tune
+from platform import report, study_runs
+from platform.summary import summarize
 from trainables import tags, tracking
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -39,7 +40,7 @@ def store(tmp_path):
         results.append(SimpleNamespace(path=f"/ray/{STUDY}/trial_{tid}", config={"lora.rank": params // 1500}))
     study = SimpleNamespace(name=STUDY, config={"objective": {"metric": "valid/sdr", "mode": "max"}})
     prepared = SimpleNamespace(base_identity={"name": "tiny", "sha256": "0" * 64}, base_metrics={"valid/sdr": 0.8})
-    summary = tune.summarize(study, results, prepared, uri, STUDY, exp, parent)
+    summary = summarize(study, results, prepared, uri, STUDY, exp, parent)
     return uri, client, parent, summary
 
 
@@ -68,7 +69,7 @@ def artifacts(client, run_id: str) -> set[str]:
 
 def test_four_plots_are_logged_to_the_parent_run(store, tmp_path):
     uri, client, parent, summary = store
-    name = tune.optuna_study_name(SimpleNamespace(name=STUDY), parent)
+    name = study_runs.optuna_study_name(SimpleNamespace(name=STUDY), parent)
     url = optuna_study(tmp_path, name, trials=24)
     made = report.study_plots(summary, uri, parent, url, name, tmp_path / "plots")
     assert made == {n: tmp_path / "plots" / f"{n}.png"

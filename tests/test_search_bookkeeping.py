@@ -25,7 +25,8 @@ def searched(tmp_path_factory):
     import ray.cloudpickle
 
     import benchmarks.scheduling as scheduling
-    from platform import spaces, tune
+    from platform import spaces, study_runs, tune
+    from platform.summary import summarize
 
     ray.cloudpickle.register_pickle_by_value(scheduling)  # trial processes need not import it
     work = tmp_path_factory.mktemp("bookkeeping")
@@ -35,16 +36,16 @@ def searched(tmp_path_factory):
         f"train.epochs={EPOCHS}", "resources.cpus_per_worker=1.0", f"data.root={work}",
         f"tracking.output={work / 'out'}"])
     prepared = scheduling.synthetic_prepared(study, epoch_ms=10.0)
-    out = tune.output_dir(study)
+    out = study_runs.output_dir(study)
     out.mkdir(parents=True)
-    uri = tune.tracking_uri(study, out)
+    uri = study_runs.tracking_uri(study, out)
     try:
-        _, exp_id, parent_id = tune.start_parent(uri, study, prepared, out)
+        _, exp_id, parent_id = study_runs.start_parent(uri, study, prepared, out)
         results = tune.run_search(study, prepared, out, uri, exp_id, parent_id, train=scheduling.synthetic_train)
         tune.close_child_runs(study, results, uri, exp_id, parent_id)
-        summary = tune.summarize(study, results, prepared, uri, study.name, exp_id, parent_id)
-        optuna_trials = optuna.load_study(study_name=tune.optuna_study_name(study, parent_id),
-                                          storage=tune.optuna_storage_url(out)).get_trials()
+        summary = summarize(study, results, prepared, uri, study.name, exp_id, parent_id)
+        optuna_trials = optuna.load_study(study_name=study_runs.optuna_study_name(study, parent_id),
+                                          storage=study_runs.optuna_storage_url(out)).get_trials()
     finally:
         ray.shutdown()
         os.environ.clear()

@@ -26,7 +26,7 @@ def free_port() -> int:
 
 
 def stop(processes: list[list]) -> None:
-    from platform.tune import running
+    from platform.ray_session import running
 
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid, started in processes:
@@ -40,7 +40,7 @@ def stop(processes: list[list]) -> None:
 
 @pytest.mark.slow
 def test_trials_land_on_both_nodes_of_a_loopback_cluster(tiny_search, tmp_path):
-    from platform.tune import OWNER_VAR, ray_processes, running
+    from platform.ray_session import OWNER_VAR, ray_processes, running
     from trainables import tracking
 
     token = f"two-nodes-{uuid.uuid4().hex[:8]}"
