@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -143,6 +144,7 @@ def test_a_multi_objective_search_returns_a_non_dominated_front(tmp_path):
                               "optim.lr": {"type": "loguniform", "low": 1.0e-4, "high": 3.0e-3}}
     space = tmp_path / "techhouse_mo.yaml"
     space.write_text(yaml.safe_dump(doc, sort_keys=False))
+    shutil.copytree(ROOT / "search_spaces" / "shared", tmp_path / "shared")  # its defaults: entry
     summary_file, work = tmp_path / "summary.json", tmp_path / "work"
     cmd = [sys.executable, "-m", "platform.tune", str(space), f"model.base={base}", "search.num_samples=4",
            "search.max_concurrent=2", "search.scheduler.type=fifo", "train.epochs=2", "train.steps_per_epoch=2",

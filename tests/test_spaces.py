@@ -61,6 +61,25 @@ def test_techhouse_gpu_loads():
     assert study.params
 
 
+@pytest.mark.parametrize("name", ["techhouse", "bs_roformer_techhouse", "bs_roformer_vocals"])
+def test_shipped_spaces_take_their_common_part_from_one_shared_file(name):
+    """The corpus, training size, schedule and holdout are written once (shared/techhouse.yaml,
+    a Hydra ``defaults:`` entry); a space's own keys win over it."""
+    shared = yaml.safe_load((ROOT / "search_spaces" / "shared" / "techhouse.yaml").read_text())
+    file = ROOT / "search_spaces" / f"{name}.yaml"
+    own = yaml.safe_load(file.read_text())
+    assert own["defaults"] == ["shared/techhouse@_here_", "_self_"] and "data" not in own and "train" not in own
+    config = spaces.load(file).config
+
+    def within(part, whole):  # every key the shared file sets, at the value it sets
+        return all(within(v, whole[k]) if isinstance(v, dict) else whole[k] == v for k, v in part.items())
+
+    for section in ("data", "train", "resources", "registry", "objective"):
+        assert within(shared[section], config[section]), section
+    want = own.get("search", {}).get("num_samples", shared["search"]["num_samples"])
+    assert config["search"]["num_samples"] == want and config["optim"]["grad_clip"] == own["optim"]["grad_clip"]
+
+
 def test_split_key():
     assert spaces.split_key('lora.layer_ranks."encoder.0.*"') == ("lora", "layer_ranks", "encoder.0.*")
     assert spaces.split_key("optim.lr") == ("optim", "lr")
@@ -127,6 +146,7 @@ def test_yaml_syntax_error_is_one_line(tmp_path):
 
 def test_defaults_composition(tmp_path):
     shutil.copy(TECHHOUSE, tmp_path / "techhouse.yaml")
+    shutil.copytree(TECHHOUSE.parent / "shared", tmp_path / "shared")
     path = write(tmp_path, "mine", {
         "defaults": ["techhouse", "_self_"],
         "study": "mine",
