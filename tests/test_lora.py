@@ -1,6 +1,6 @@
 """LoRA through PEFT on real module paths (trainables/lora.py), proven on a tiny HT-Demucs.
 
-What DESIGN.md ("LoRA, done right") promises and these tests check: step-0 equality for every
+What rankhouse's LoRA promises and these tests check: step-0 equality for every
 layer type HT-Demucs has, only adapters (+ declared modules_to_save) train, exact ConvTranspose
 merging, PEFT-format save/reload with overlapping per-layer ranks, explicit scaling, and
 one-line errors for every spec mistake.
