@@ -108,10 +108,9 @@ def test_a_study_that_keeps_the_base_sources_is_promoted_over_the_unadapted_base
     a gain of exactly 0, and such a study could never be promoted.)"""
     four = SPACE.replace("sources: [kick, hihat, bass, other, vocals],\n        parents: {kick: drums, hihat: drums}}",
                          "sources: [drums, bass, other, vocals]}")
-    four = four.replace("data: {root: embedded,", "data: {sources: {drums: [kick, hihat], bass: [bass], other: [other], "
-                                                  "vocals: [vocals]}, root: embedded,")
+    four = four.replace("data: {root: embedded,", "data: {stems: {drums: [kick, hihat]}, root: embedded,")
     four = four.replace("model_name: promo-htdemucs", "model_name: promo-four")
-    assert "drums, bass, other, vocals" in four and "promo-four" in four and "drums: [kick, hihat]" in four
+    assert "drums, bass, other, vocals" in four and "promo-four" in four and "stems: {drums: [kick, hihat]}" in four
     s = Study(tmp_path, four)
     s.tune("s1", "train.epochs=2", "train.steps_per_epoch=12")
     proc, decision = s.promote("p1")

@@ -74,7 +74,7 @@ def test_shipped_spaces_take_their_common_part_from_one_shared_file(name):
     def within(part, whole):  # every key the shared file sets, at the value it sets
         return all(within(v, whole[k]) if isinstance(v, dict) else whole[k] == v for k, v in part.items())
 
-    for section in ("data", "train", "resources", "registry", "objective"):
+    for section in ("data", "train", "resources", "registry"):
         assert within(shared[section], config[section]), section
     want = own.get("search", {}).get("num_samples", shared["search"]["num_samples"])
     assert config["search"]["num_samples"] == want and config["optim"]["grad_clip"] == own["optim"]["grad_clip"]
