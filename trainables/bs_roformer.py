@@ -280,10 +280,7 @@ class BSRoformerFamily(Family):
                                           c["segment"], base.identity.get("config")))
         return sha256(Path(path))
 
-    def adapt_sources(self, base: Base, sources: list[str], parents: dict[str, str]) -> tuple[nn.Module, list[str]]:
-        sources = list(sources)
-        if sources == base.sources:
-            return copy.deepcopy(base.model).eval(), []
+    def rebuild_heads(self, base: Base, sources: list[str], parents: dict[str, str]) -> tuple[nn.Module, list[str]]:
         origin = parent_indices(base, sources, parents)
         model = copy.deepcopy(base.model)
         model.mask_estimators = nn.ModuleList(copy.deepcopy(base.model.mask_estimators[i]) for i in origin)

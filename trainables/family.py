@@ -69,9 +69,14 @@ class Family(ABC):
 
         Always a model of its own, never ``base.model``: adapters are injected into it in place,
         and the base must stay the unadapted reference (promotion compares against it)."""
-        if list(sources) != list(base.sources):
-            raise RankhouseError(f"model.sources: {self.name} cannot change its sources")
-        return copy.deepcopy(base.model).eval(), []
+        if list(sources) == list(base.sources):
+            return copy.deepcopy(base.model).eval(), []
+        return self.rebuild_heads(base, list(sources), parents)
+
+    def rebuild_heads(self, base: Base, sources: list[str], parents: dict[str, str]) -> tuple[nn.Module, list[str]]:
+        """``adapt_sources`` for sources other than the base's: a new model whose output heads
+        are rebuilt for ``sources`` (a new source's from its parent's), and the heads' paths."""
+        raise RankhouseError(f"model.sources: {self.name} cannot change its sources")
 
     def rank_scales(self, names: list[str]) -> dict[str, float]:
         """``lora.rank_mode: heuristic``: a rank multiplier per targeted module path, by depth and

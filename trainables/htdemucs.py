@@ -13,8 +13,6 @@ fully; shared sources keep their exact weights.
 
 from __future__ import annotations
 
-import copy
-
 import json
 import re
 from fractions import Fraction
@@ -170,10 +168,7 @@ class HTDemucsFamily(Family):
     def heads(model: nn.Module) -> list[str]:
         return [f"decoder.{len(model.decoder) - 1}.conv_tr", f"tdecoder.{len(model.tdecoder) - 1}.conv_tr"]
 
-    def adapt_sources(self, base: Base, sources: list[str], parents: dict[str, str]) -> tuple[nn.Module, list[str]]:
-        sources = list(sources)
-        if sources == base.sources:
-            return copy.deepcopy(base.model).eval(), []
+    def rebuild_heads(self, base: Base, sources: list[str], parents: dict[str, str]) -> tuple[nn.Module, list[str]]:
         origin = parent_indices(base, sources, parents)
         model = new_model(sources, base.config["kwargs"])
         old, new = base.model.state_dict(), model.state_dict()
