@@ -58,6 +58,7 @@ def run_one(job: dict) -> dict:
     torch.set_num_threads(1)
     from trainables import checkpoint, loop
     from trainables.data import cache as stem_cache
+    from trainables.separation import evaluate_tracks, sources_of
 
     cfg, setups, reports = job["cfg"], [], []
     before = _rss_kb("VmRSS")
@@ -66,8 +67,8 @@ def run_one(job: dict) -> dict:
     peak = _rss_kb("VmHWM")
     setup = setups[-1]
     holdout = stem_cache.StemCache(job["holdout"])
-    scores = loop.evaluate(setup.model, holdout, setup.sources, setup.base.samplerate, float(cfg["data"]["segment"]),
-                           torch.device("cpu"), job["holdout_seconds"])
+    scores = evaluate_tracks(setup.model, holdout, sources_of(setup.cfg), setup.base.samplerate,
+                             float(cfg["data"]["segment"]), torch.device("cpu"), job["holdout_seconds"])
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint.save_weights(setup.model, Path(tmp))
         saved = sum(f.stat().st_size for f in Path(tmp).rglob("*.safetensors"))
@@ -147,11 +148,14 @@ def main() -> None:
     import torch
 
     plain = loop.base_model(cfg)  # new heads from their parents, no adapter
-    held = promote.holdout(study, sources, plain.base.samplerate)  # registry.holdout: another seed's corpus
+    # registry.holdout: another seed's corpus, read as a bundle of this study would be
+    held = promote.holdout(study, study.task.manifest(cfg, plain.base))
     print(f"holdout: {held.description}", flush=True)
-    base_holdout = loop.evaluate(plain.model, held.cache, sources, plain.base.samplerate, float(cfg["data"]["segment"]),
-                                 torch.device("cpu"), held.max_seconds)["valid/sdr"]
-    holdout_path = str(held.cache.path)
+    from trainables.separation import evaluate_tracks
+
+    base_holdout = evaluate_tracks(plain.model, held.data, sources, plain.base.samplerate,
+                                   float(cfg["data"]["segment"]), torch.device("cpu"), held.max_seconds)["valid/sdr"]
+    holdout_path = str(held.data.path)
 
     jobs, plans = [], {}
     for rank in args.ranks:

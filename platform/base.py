@@ -22,12 +22,14 @@ import torch
 from safetensors.torch import load_file
 
 from platform.cli import run
-from platform.corpus import embedded_corpus
+from platform.data import Progress
 from trainables import checkpoint, loop
 from trainables.data import cache as stem_cache
 from trainables.data.layout import stems_of
+from trainables.data.render import embedded_corpus
 from trainables.errors import RankhouseError
 from trainables.family import FAMILIES, Family, get_family
+from trainables.separation import evaluate_tracks
 
 FOUR_STEMS = {"drums": ["kick", "hihat"], "bass": ["bass"], "other": ["other"], "vocals": ["vocals"]}
 # the tech-house corpus of search_spaces/techhouse.yaml: the card reports the base on it
@@ -50,7 +52,7 @@ def score(family: Family, model_path: Path, root: Path) -> dict:
     base = family.build_base({"base": str(model_path)})
     base.model.eval().requires_grad_(False)
     valid = stem_cache.StemCache(stem_cache.build(root, "valid", stems_of(FOUR_STEMS), base.samplerate))
-    return loop.evaluate(base.model, valid, FOUR_STEMS, base.samplerate, base.segment, torch.device("cpu"))
+    return evaluate_tracks(base.model, valid, FOUR_STEMS, base.samplerate, base.segment, torch.device("cpu"))
 
 
 def cards(out: Path) -> tuple[Path, Path]:
@@ -91,7 +93,7 @@ def main(argv: list[str]) -> int:
     if args.init and not args.init.is_file():
         raise RankhouseError(f"--init {args.init}: no such file")
 
-    root = embedded_corpus("generic", args.songs, args.seconds, args.data_seed)
+    root = embedded_corpus("generic", args.songs, args.seconds, args.data_seed, progress=Progress("render generic"))
     best_path = args.work / "best.safetensors"
     train_argv = [a for a in argv if a != "--finalize"]
     if args.finalize:
@@ -189,7 +191,7 @@ def finalize(family: Family, args, train_argv: list[str], root: Path, curve: lis
     sha = family.save_model(model, args.out, base)
     print("scoring the base on whole valid tracks (generic and tech-house)...", flush=True)
     generic = score(family, args.out, root)
-    techhouse = score(family, args.out, embedded_corpus(**TECHHOUSE))
+    techhouse = score(family, args.out, embedded_corpus(**TECHHOUSE, progress=Progress("render techhouse")))
     card = {
         "file": args.out.name, "sha256": sha, "bytes": args.out.stat().st_size,
         "architecture": {"class": f"{type(model).__module__}.{type(model).__qualname__}", "sources": list(FOUR_STEMS),

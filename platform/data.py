@@ -44,20 +44,6 @@ def parse_sources(text: str):
     return normalize_sources(out)
 
 
-def check_or_raise(root: Path, sources, segment_seconds: float | None = None, tolerance_db: float = 30.0) -> list:
-    """The preflight every search runs: print each problem; raise on any error."""
-    problems = check.check_dataset(root, sources, segment_seconds, tolerance_db, progress=Progress("check"))
-    for p in problems:
-        print(f"{root}: {p}", file=sys.stderr)
-    bad = check.errors(problems)
-    if bad:
-        segment = f" --segment {segment_seconds:g}" if segment_seconds else ""
-        raise RankhouseError(f"{root}: {len(bad)} dataset error(s) (listed above); fix them and run "
-                             f"python -m platform.data check {root} --sources {','.join(stems_of(sources))}"
-                             f"{segment} --tolerance-db {tolerance_db:g}")
-    return problems
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m platform.data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

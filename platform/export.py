@@ -35,15 +35,6 @@ from trainables.family import get_family
 SUFFIXES = {"rankhouse": (".safetensors",), "msst": (".ckpt", ".pth", ".pt")}
 
 
-def test_input(manifest: dict, seconds: float = 2.0) -> torch.Tensor:
-    """A fixed stereo batch: seeded noise under a decaying tone, so every band is excited."""
-    g = torch.Generator().manual_seed(0)
-    n = int(seconds * manifest["samplerate"])
-    t = torch.arange(n) / manifest["samplerate"]
-    tone = 0.3 * torch.sin(2 * torch.pi * 110 * t) * torch.exp(-t)
-    return (0.1 * torch.randn(1, 2, n, generator=g) + tone).float()
-
-
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m platform.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,7 +64,7 @@ def write_merged(loaded: bundle.Loaded, out: Path, tolerance: float = 1e-4, fmt:
     m = loaded.manifest
     family = get_family(m["family"])
     merged = copy.deepcopy(loaded.model).merge_and_unload().eval()
-    x = test_input(m)
+    x = loaded.family.task.example_input(m)
     with torch.no_grad():
         expected = loaded.model(x)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
-"""Everything a search checks and prepares before Ray starts: the dataset (rendered if it is the
-embedded default, checked, decoded into the cache), the base model, LoRA patterns against
-real module paths at the largest ranks the space can sample, and the base's own score."""
+"""Everything a search checks and prepares before Ray starts: the dataset (made if it is the
+embedded default, checked and prepared by the task, e.g. decoded into a cache), the base model,
+LoRA patterns against real module paths at the largest ranks the space can sample, and the
+base's own score."""
 
 from __future__ import annotations
 
@@ -10,19 +11,16 @@ from pathlib import Path
 
 import torch
 
-from platform.corpus import embedded_corpus
-from platform.data import Progress, check_or_raise
+from platform.data import Progress
 from platform.spaces import Study
 from trainables import lora, loop
-from trainables.data import cache as stem_cache
-from trainables.data.layout import normalize_sources, stems_of
 from trainables.errors import RankhouseError
 from trainables.family import get_family
 
 
 @dataclass
 class Prepared:
-    config: dict  # the study's fixed config with data.root, data.sources and data.cache resolved
+    config: dict  # the study's fixed config with its paths absolute and the task's data settings resolved
     base_identity: dict
     base_metrics: dict
 
@@ -34,28 +32,25 @@ def in_file(study: Study, section: str, exc: RankhouseError) -> RankhouseError:
 
 
 def resolve_data(study: Study) -> dict:
+    """The study's config as trials get it: every path absolute (trials run in other processes
+    and folders), the embedded dataset made, the task's derived data settings filled in."""
     cfg = copy.deepcopy(study.config)
-    d, sources = cfg["data"], cfg["model"]["sources"]
+    d = cfg["data"]
     if d["root"] == "embedded":
-        e = d["embedded"]
         try:
-            d["root"] = str(embedded_corpus(e["preset"], e["songs"], e["seconds"], e["seed"], e["valid"]))
+            d["root"] = str(study.task.embedded(d["embedded"] if "embedded" in d else {}, Progress))
         except RankhouseError as exc:
             raise in_file(study, "data.embedded", exc) from None
     else:
         d["root"] = str(Path(d["root"]).expanduser().resolve())
-    # trials run in other processes and folders: every path they get is absolute
     if d["cache_dir"]:
         d["cache_dir"] = str(Path(d["cache_dir"]).expanduser().resolve())
     base = get_family(cfg["model"]["family"]).resolve_base(cfg["model"]["base"])
-    if isinstance(base, Path) and cfg["model"]["base"] != "embedded":  # a file: trials run in other folders
+    if isinstance(base, Path) and cfg["model"]["base"] != "embedded":
         cfg["model"]["base"] = str(base.resolve())
     if cfg["model"]["config"]:
         cfg["model"]["config"] = str(Path(cfg["model"]["config"]).expanduser().resolve())
-    unknown = sorted(set(d["stems"]) - set(sources))
-    if unknown:
-        raise study.error(f"data.stems.{unknown[0]}", f"not one of model.sources ({', '.join(sources)})")
-    d["sources"] = normalize_sources({s: d["stems"].get(s, [s]) for s in sources})
+    study.task.resolve(cfg)
     return cfg
 
 
@@ -81,14 +76,13 @@ def widest_lora(study: Study) -> dict:
 
 def prepare(study: Study) -> Prepared:
     cfg = resolve_data(study)
-    root, sources = Path(cfg["data"]["root"]), cfg["data"]["sources"]
-    print(f"preflight: checking {root}")
-    check_or_raise(root, sources, cfg["data"]["segment"], tolerance_db=cfg["data"]["tolerance_db"])
+    task = study.task
+    print(f"preflight: checking {cfg['data']['root']}")
+    task.check(cfg, Progress)  # its errors name the dataset's own files
     try:
         setup = loop.base_model(cfg)
     except RankhouseError as exc:
         raise in_file(study, "model", exc) from None
-    base = setup.base
     try:  # the largest adapter any trial could ask for, built once for real
         setup.family.apply_lora(copy.deepcopy(setup.model), lora.LoraSpec.from_config(widest_lora(study)),
                                 setup.modules_to_save)
@@ -100,13 +94,8 @@ def prepare(study: Study) -> Prepared:
     if budget is not None and heads > budget:  # the heads train fully: no sample could fit
         raise study.error("budget.max_trainable_params", f"{budget} is below the {heads} parameters of the rebuilt "
                           "output heads alone (modules_to_save, trained fully); no configuration can fit")
-    cfg["data"]["cache"] = {}
-    for split in ("train", "valid"):
-        path = stem_cache.build(root, split, stems_of(sources), base.samplerate, cfg["data"]["cache_dir"],
-                                progress=Progress(f"cache {split}"))
-        cfg["data"]["cache"][split] = str(path)
-    print("preflight: scoring the base model (new heads from their parents, no adapter) on the valid set")
-    valid = stem_cache.StemCache(cfg["data"]["cache"]["valid"])
-    metrics = loop.evaluate(setup.model, valid, sources, base.samplerate, float(cfg["data"]["segment"]),
-                            torch.device("cpu"), cfg["train"]["valid_max_seconds"])
-    return Prepared(cfg, base.identity, metrics)
+    task.prepare(cfg, setup.base, Progress)
+    print("preflight: scoring the base model (adapted to the study, no adapter) on the valid split")
+    valid = task.open(cfg, setup.base, "valid", Progress)
+    metrics = task.evaluate(setup.model, valid, cfg, setup.base, torch.device("cpu"))
+    return Prepared(cfg, setup.base.identity, metrics)

@@ -2,10 +2,11 @@
 
 Promote a study's best adapter to the MLflow Model Registry, behind a gate: the candidate (the
 best finished trial of the study's latest search, or ``--run``) and the current ``champion``
-(or, before the first promotion, the base model with no adapter) separate the same held-out
-tracks, scored with museval's BSSEval v4 SDR (median over 1-s frames, then over tracks). The
-candidate becomes a new version with the alias ``champion`` only if it gains at least
-``--min-gain`` dB; either way both scores are printed, and a refusal exits non-zero.
+(or, before the first promotion, the base model with no adapter) are scored on the same
+held-out data by the family's task (separation: museval's BSSEval v4 SDR, median over 1-s
+frames, then over tracks). The candidate becomes a new version with the alias ``champion`` only
+if it gains at least ``--min-gain`` (in the task's score unit, e.g. dB); either way both scores
+are printed, and a refusal exits non-zero.
 ``--rollback`` moves ``champion`` back to the version that held it before.
 
 STUDY is a search-space file or the name of one in ``search_spaces/`` (its ``tracking`` and
@@ -26,21 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from platform import export, models, spaces
 from platform.cli import run
-from platform.corpus import embedded_corpus
 from platform.data import Progress
 from platform.preflight import resolve_data
 from platform.study_runs import latest_parent, output_dir, tracking_uri
-from trainables import bsseval, bundle, objective, tags, tracking
-from trainables.data import cache as stem_cache
-from trainables.data.layout import normalize_sources, stems_of
-from trainables.data.segments import validation_tracks
+from trainables import bundle, objective, tags, tracking
 from trainables.errors import RankhouseError
-from trainables.family import get_family
-from trainables.separation import separate
 
 ALIAS = "champion"
 
@@ -110,19 +104,18 @@ def pick_candidate(client, study: spaces.Study, uri: str, run_id: str | None):
 
 @dataclass
 class Holdout:
-    cache: stem_cache.StemCache
+    data: object  # the task's opened split
     description: str
     max_seconds: float | None
 
 
-def holdout(study: spaces.Study, sources: dict, samplerate: int) -> Holdout:
+def holdout(study: spaces.Study, info: dict) -> Holdout:
+    """``registry.holdout``'s split, opened by the task for the bundle ``info`` describes."""
     h = study.config["registry"]["holdout"]
-    if h["max_seconds"] is not None and h["max_seconds"] <= 0:
-        raise study.error("registry.holdout.max_seconds", f"{h['max_seconds']}; expected seconds > 0 or null")
     if h["root"] == "embedded":
-        e = h["embedded"]
-        root = embedded_corpus(e["preset"], e["songs"], e["seconds"], e["seed"], e["valid"])
-        what = f"embedded {e['preset']} seed {e['seed']} ({h['split']})"
+        e = h.get("embedded") or {}
+        root = study.task.embedded(e, Progress)
+        what = f"embedded {e.get('preset', '')} seed {e.get('seed', '')} ({h['split']})"
     elif h["root"] is None:
         root = Path(resolve_data(study)["data"]["root"])
         what = f"{root} ({h['split']}; the split the search selected on)"
@@ -132,23 +125,11 @@ def holdout(study: spaces.Study, sources: dict, samplerate: int) -> Holdout:
         root = Path(h["root"]).expanduser().resolve()
         what = f"{root} ({h['split']})"
     if not (root / h["split"]).is_dir():
-        raise study.error("registry.holdout", f"{root / h['split']}: no such folder of tracks")
-    path = stem_cache.build(root, h["split"], stems_of(sources), samplerate, progress=Progress("cache holdout"))
-    cache = stem_cache.StemCache(path)
-    return Holdout(cache, f"{what}, {len(cache)} tracks, first {h['max_seconds']:g} s"
-                   if h["max_seconds"] else f"{what}, {len(cache)} tracks", h["max_seconds"])
-
-
-def separations(model, data: Holdout, sources: dict, samplerate: int, segment: float, label: str):
-    """(references, estimates) per holdout track."""
-    jobs = []
-    show = Progress(f"separate {label}")
-    tracks = list(validation_tracks(data.cache, sources, data.max_seconds, samplerate))
-    for i, (_, mix, refs) in enumerate(tracks):
-        est = separate(model, torch.from_numpy(mix), int(segment * samplerate)).numpy()
-        jobs.append((refs.astype(np.float64), est.astype(np.float64)))
-        show(i + 1, len(tracks))
-    return jobs
+        raise study.error("registry.holdout", f"{root / h['split']}: no such folder")
+    data = study.task.open_holdout(info, root, h["split"], Progress)
+    size = f", {len(data)} items" if hasattr(data, "__len__") else ""
+    first = f", first {h['max_seconds']:g} s" if h["max_seconds"] else ""
+    return Holdout(data, f"{what}{size}{first}", h["max_seconds"])
 
 
 def champion_version(client, name: str):
@@ -198,21 +179,17 @@ def rollback(client, name: str) -> dict:
     return {"model": name, "rolled_back": str(current.version), "champion": previous}
 
 
-def fmt(scores: dict) -> str:
-    return f"{scores['sdr']:.3f} dB (" + ", ".join(
-        f"{k.removeprefix('sdr/')} {v:.2f}" for k, v in scores.items() if k.startswith("sdr/")) + ")"
-
-
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m platform.promote", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", help="search-space file, or the name of one in search_spaces/ (e.g. techhouse)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as given to platform.tune")
     p.add_argument("--run", help="promote this trial run instead of the latest search's best")
-    p.add_argument("--min-gain", type=float, help="dB of holdout SDR over the champion (default: registry.min_gain)")
+    p.add_argument("--min-gain", type=float, help="holdout score over the champion, in the task's unit (separation: dB "
+                                                  "of SDR; default: registry.min_gain)")
     p.add_argument("--dry-run", action="store_true", help="evaluate and decide, change nothing")
     p.add_argument("--rollback", action="store_true", help="move champion back to the previous champion version")
-    p.add_argument("--workers", type=int, help="museval processes (default: one per CPU)")
+    p.add_argument("--workers", type=int, help="scoring processes, e.g. museval's (default: one per CPU)")
     p.add_argument("--json", type=Path, help="write the decision here")
     args = p.parse_args(argv)
 
@@ -225,7 +202,7 @@ def main(argv: list[str]) -> int:
     client = tracking.client(uri)
     min_gain = study.config["registry"]["min_gain"] if args.min_gain is None else args.min_gain
     if min_gain < 0:
-        raise RankhouseError(f"--min-gain {min_gain}: expected dB >= 0")
+        raise RankhouseError(f"--min-gain {min_gain}: expected >= 0 ({study.task.score_metric.unit or 'score'})")
     with promotion_lock(out, name):
         result = rollback(client, name) if args.rollback else promote(client, study, name, uri, args, min_gain)
     if args.json:
@@ -235,6 +212,8 @@ def main(argv: list[str]) -> int:
 
 
 def promote(client, study: spaces.Study, name: str, uri: str, args, min_gain: float) -> dict:
+    task = study.task
+    unit = f" {task.score_metric.unit}" if task.score_metric.unit else ""
     chosen, objective = pick_candidate(client, study, uri, args.run)
     run_id = chosen.info.run_id
     trial = chosen.data.tags.get(tags.TRIAL_ID, "?")
@@ -243,54 +222,44 @@ def promote(client, study: spaces.Study, name: str, uri: str, args, min_gain: fl
         folder = models.download_run_folder(uri, run_id, "adapter", Path(tmp) / "candidate")
         candidate = bundle.load(folder)  # checks the files and the base identity before any compute
         info = candidate.manifest
-        sources = normalize_sources(info["sources"])
-        samplerate, segment = info["samplerate"], info["segment"]
         current = champion_version(client, name)
         if current is not None and current.run_id == run_id:
             raise RankhouseError(f"run {run_id} is already {name}@{ALIAS} (version {current.version}); nothing to do")
         if current is not None:
-            champ_folder = models.download_run_folder(uri, *models.parse_runs_uri(current.source), Path(tmp) / "champion")
+            champ_folder = models.download_run_folder(uri, *models.parse_runs_uri(current.source),
+                                                      Path(tmp) / "champion")
             champion = bundle.load(champ_folder)
-            if list(champion.manifest["sources"]) != list(sources):
-                raise RankhouseError(f"{name}: the champion (version {current.version}) separates "
-                                     f"{', '.join(champion.manifest['sources'])}, the candidate {', '.join(sources)}; "
+            theirs, ours = champion.family.task.outputs(champion.manifest), task.outputs(info)
+            if champion.family.task.name != task.name or theirs != ours:
+                raise RankhouseError(f"{name}: the champion (version {current.version}) outputs {theirs} "
+                                     f"({champion.family.task.name}), the candidate {ours} ({task.name}); "
                                      "register it under another registry.model_name")
             reference, label = champion.model, f"champion v{current.version}"
         else:
-            family = get_family(info["family"])
-            base_model, _ = family.adapt_sources(candidate.base, list(sources), dict(info["model"].get("parents") or {}))
-            reference, label = base_model.eval(), "base (no adapter)"
-        data = holdout(study, sources, samplerate)
+            reference, label = candidate.reference(), "base (no adapter)"
+        data = holdout(study, info)
         print(f"holdout: {data.description}")
-        jobs = separations(candidate.model, data, sources, samplerate, segment, "candidate") + \
-            separations(reference, data, sources, samplerate, segment, label.split()[0])
-        started = time.perf_counter()
-        per_track, cpu_seconds = bsseval.score(jobs, samplerate, args.workers, Progress("museval"))
-        wall = time.perf_counter() - started
-    n = len(per_track) // 2
-    names = list(sources)
-    cand_scores, ref_scores = bsseval.aggregate(per_track[:n], names), bsseval.aggregate(per_track[n:], names)
-    audio_seconds = sum(j[0].shape[-1] for j in jobs) / samplerate
-    print(f"museval: {len(jobs)} tracks, {audio_seconds:.0f} s of audio, {cpu_seconds:.0f} s of CPU "
-          f"({cpu_seconds / audio_seconds:.1f} s per second of audio), {wall:.0f} s wall")
-    gain = cand_scores["sdr"] - ref_scores["sdr"]
+        scores = task.score_holdout({"candidate": candidate.model, label.split()[0]: reference}, data.data, info,
+                                    data.max_seconds, args.workers, Progress)
+    cand_scores, ref_scores = scores["candidate"], scores[label.split()[0]]
+    gain = task.gain(cand_scores, ref_scores)
     accepted = bool(np.isfinite(gain)) and gain > 0 and gain >= min_gain  # "beats": a tie keeps the champion
     width = max(len(label), len("candidate"))
-    print(f"{'candidate':<{width}}  BSSEval v4 SDR {fmt(cand_scores)}\n{label:<{width}}  BSSEval v4 SDR {fmt(ref_scores)}\n"
-          f"gain {gain:+.3f} dB (needs >= {min_gain:g})")
+    score = f"{task.score} ({task.score_metric.doc})"
+    print(f"{'candidate':<{width}}  {task.describe(cand_scores)}\n{label:<{width}}  {task.describe(ref_scores)}\n"
+          f"holdout score: {score}\ngain {gain:+.3f}{unit} (needs >= {min_gain:g})")
     result = {"model": name, "candidate": {"run_id": run_id, "trial_id": trial, "objective": objective,
                                            "holdout": cand_scores},
               "reference": {"label": label, "version": current.version if current else None, "holdout": ref_scores},
-              "gain_db": gain, "min_gain_db": min_gain, "holdout": data.description,
-              "museval": {"tracks": len(jobs), "audio_seconds": audio_seconds, "cpu_seconds": cpu_seconds,
-                          "wall_seconds": wall}}
-    decision = f"{'promoted' if accepted else 'refused'}: candidate {cand_scores['sdr']:.3f} dB vs {label} " \
-               f"{ref_scores['sdr']:.3f} dB on {data.description}"
+              "score": task.score, "unit": task.score_metric.unit, "gain": gain, "min_gain": min_gain,
+              "holdout": data.description}
+    decision = f"{'promoted' if accepted else 'refused'}: candidate {cand_scores[task.score]:.3f}{unit} vs {label} " \
+               f"{ref_scores[task.score]:.3f}{unit} on {data.description}"
     if not accepted:
         result["decision"] = "refused"
         if not args.dry_run:
             client.set_tag(run_id, tags.PROMOTION, decision)
-        print(f"refused: the candidate does not beat the {label} by {min_gain:g} dB; {name}@{ALIAS} unchanged")
+        print(f"refused: the candidate does not beat the {label} by {min_gain:g}{unit}; {name}@{ALIAS} unchanged")
         return result
     if args.dry_run:
         result["decision"] = "would promote"
@@ -299,7 +268,7 @@ def promote(client, study: spaces.Study, name: str, uri: str, args, min_gain: fl
     version_tags = {tags.STUDY: study.name, tags.TRIAL_ID: trial, tags.RUN_ID: run_id,
                     tags.CONFIG: json.dumps(chosen.data.params, sort_keys=True),
                     tags.BASE_NAME: info["base"].get("name"), tags.BASE_SHA256: info["base"].get("sha256"),
-                    tags.HOLDOUT: data.description, tags.CHAMPION_SCORE: f"{ref_scores['sdr']:.4f}",
+                    tags.HOLDOUT: data.description, tags.CHAMPION_SCORE: f"{ref_scores[task.score]:.4f}",
                     tags.COMPARED_WITH: label, tags.DECISION: decision,
                     **{tags.HOLDOUT_SCORE + k: f"{v:.4f}" for k, v in cand_scores.items()}}
     if study.config["registry"]["merged"]:

@@ -4,7 +4,7 @@ After a search the parent run gets three PNGs under ``plots/`` (also kept in a l
 
 - ``optimization_history.png``: each trial's objective (its best epoch) in completion order,
   with the running best, so one sees whether the search was still improving when it stopped;
-- ``sdr_vs_trainable_params.png``: the objective against the adapter's trainable parameters
+- ``objective_vs_trainable_params.png``: the objective against the adapter's trainable parameters
   (the child runs' ``trainable_params`` param): what a larger rank bought;
 - ``param_importances.png``: Optuna's parameter importances over the study's completed trials;
 - ``rank_heatmap.png``: the chosen (best) trial's rank per adapted module, one row per layer
@@ -29,7 +29,7 @@ from trainables import objective, tags, tracking
 
 ARTIFACT_PATH = "plots"
 HISTORY = "optimization_history"
-PARAMS = "sdr_vs_trainable_params"
+PARAMS = "objective_vs_trainable_params"
 IMPORTANCES = "param_importances"
 HEATMAP = "rank_heatmap"
 PARETO = "pareto_front"

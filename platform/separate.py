@@ -128,6 +128,10 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="rankhouse-separate-") as tmp:
         folder, origin = models.fetch(args.model, Path(tmp) / "adapter", args.tracking_uri)
         loaded = bundle.load(folder, args.base)
+    if loaded.family.task.name != "separation":
+        raise RankhouseError(f"--model {args.model}: a {loaded.family.task.name} adapter "
+                             f"({loaded.manifest['family']}); "
+                             "platform.separate runs separators")
     loaded.model.to(device)
     m = loaded.manifest
     print(f"model: {args.model} ({', '.join(f'{k} {v}' for k, v in origin.items())}); "

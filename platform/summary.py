@@ -74,20 +74,22 @@ def short(key: str) -> str:
 def print_table(summary: dict) -> None:
     metric = summary["objective"]["metric"]
     base = summary["base"]["metrics"].get(metric)
-    sources = sorted(k.removeprefix(metric + "/") for k in summary["base"]["metrics"] if k.startswith(metric + "/"))
-    head = f"{'trial':<12} {'status':<9} {'ep':>3} {metric:>10} " + " ".join(f"{s[:7]:>7}" for s in sources) + "  config"
+    # the objective's parts (a task's metric M/part: separation's per-source nSDR), beside it
+    parts = sorted(k.removeprefix(metric + "/") for k in summary["base"]["metrics"] if k.startswith(metric + "/"))
+    head = f"{'trial':<12} {'status':<9} {'ep':>3} {metric:>10} " + " ".join(f"{s[:7]:>7}" for s in parts) + "  config"
     print("\n" + head)
     print("-" * len(head))
     if base is not None:
         print(f"{'base':<12} {'':<9} {'':>3} {base:>10.3f} " + " ".join(
-            f"{summary['base']['metrics'][f'{metric}/{s}']:>7.2f}" for s in sources) + "  (no adapter)")
+            f"{summary['base']['metrics'][f'{metric}/{s}']:>7.2f}" for s in parts) + "  (no adapter)")
     for t in summary["trials"]:
         best = f"{t['best']:.3f}" if t["best"] is not None else "-"
-        per = " ".join(f"{t['metrics'].get(f'{metric}/{s}', float('nan')):>7.2f}" for s in sources)
+        per = " ".join(f"{t['metrics'].get(f'{metric}/{s}', float('nan')):>7.2f}" for s in parts)
         cfg = " ".join(f"{short(k)}={v:.3g}" if isinstance(v, float) else f"{short(k)}={v}"
                        for k, v in t["config"].items())
         print(f"{t['trial_id'] or '?':<12} {t['status']:<9} {t['epochs']:>3} {best:>10} {per}  {cfg}")
-    print("(per-source columns: the trial's last epoch; the objective column: its best epoch)")
+    if parts:
+        print(f"(the {metric} column: each trial's best epoch; its parts: the trial's last epoch)")
     for r in summary.get("rejected", []):
         cfg = " ".join(f"{short(k)}={v:.3g}" if isinstance(v, float) else f"{short(k)}={v}"
                        for k, v in r["params"].items())

@@ -237,10 +237,12 @@ def main(argv: list[str]) -> int:
         b = summary["best"]
         print(f"\nbest: trial {b['trial_id']} {metric} = {b['best']:.3f} "
               f"(base {prepared.base_metrics.get(metric, float('nan')):.3f}); adapter {b['adapter']}")
-        gains = {k.removeprefix("valid/sdr/"): v - prepared.base_metrics[k] for k, v in b["metrics"].items()
-                 if k.startswith("valid/sdr/") and k in prepared.base_metrics}
+        # the objective's breakdown (separation: per source), as the task names it: metric/part
+        gains = {k.removeprefix(f"{metric}/"): v - prepared.base_metrics[k] for k, v in b["metrics"].items()
+                 if k.startswith(f"{metric}/") and k in prepared.base_metrics}
         if gains:
-            print("best vs base, per source (dB, the trial's last epoch): "
+            unit = study.task.metrics(study.config)[metric].unit
+            print(f"best vs base, per part of {metric} ({unit + ', ' if unit else ''}the trial's last epoch): "
                   + ", ".join(f"{k} {v:+.2f}" for k, v in gains.items()))
     made = [p for p in plots.values() if isinstance(p, Path)]
     if made:

@@ -32,7 +32,7 @@ def trained(make_tiny, tiny_kwargs, tmp_path, one_thread):
                 p.normal_(0, 0.05)
     folder = tmp_path / "adapter"
     lora.save(setup.model, folder)
-    (folder / bundle.MANIFEST).write_text(json.dumps(bundle.manifest(cfg, setup)))
+    (folder / bundle.MANIFEST).write_text(json.dumps(bundle.manifest(setup)))
     return setup.model.eval(), folder, base
 
 

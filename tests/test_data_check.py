@@ -16,6 +16,7 @@ import platform.data as cli
 from trainables.data import audio, check, compose
 from trainables.data.layout import normalize_sources
 from trainables.errors import RankhouseError
+from trainables.separation import Separation
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ",".join(compose.STEMS)
@@ -79,11 +80,15 @@ def test_cli_subprocess_exit_codes(corpus, corpus_copy):
     assert "1 error(s), 0 warning(s)" in bad.stdout
 
 
-def test_check_or_raise(corpus, corpus_copy, capsys):
-    assert cli.check_or_raise(corpus, cli.parse_sources(SOURCES)) == []
+def test_the_separation_task_refuses_a_broken_dataset_with_the_fix(corpus, corpus_copy, capsys):
+    def cfg(root):
+        return {"data": {"root": str(root), "sources": cli.parse_sources(SOURCES), "segment": 1.0, "tolerance_db": 30.0}}
+
+    Separation().check(cfg(corpus))
+    assert capsys.readouterr().err == ""
     (corpus_copy / TRACK / "kick.wav").unlink()
-    with pytest.raises(RankhouseError, match="1 dataset error"):
-        cli.check_or_raise(corpus_copy, cli.parse_sources(SOURCES))
+    with pytest.raises(RankhouseError, match="1 dataset error.*python -m platform.data check"):
+        Separation().check(cfg(corpus_copy))
     assert f"{TRACK}/kick.wav: missing" in capsys.readouterr().err
 
 

@@ -12,7 +12,8 @@ import torch
 
 from trainables import htdemucs
 from trainables.errors import RankhouseError
-from trainables.family import Base, get_family
+from trainables.family import get_family
+from trainables.separator import SeparatorBase
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,9 +27,10 @@ def forward(model, x):
         return model(x)
 
 
-def as_base(model, kwargs) -> Base:
-    return Base(model=model, sources=list(model.sources), samplerate=int(model.samplerate),
-                segment=float(model.segment), identity={"name": "tiny", "sha256": None}, config={"kwargs": kwargs})
+def as_base(model, kwargs) -> SeparatorBase:
+    return SeparatorBase(model=model, sources=list(model.sources), samplerate=int(model.samplerate),
+                         segment=float(model.segment), identity={"name": "tiny", "sha256": None},
+                         config={"kwargs": kwargs})
 
 
 # --- adapt_sources ---------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ import torch
 from trainables import htdemucs, previews, trial
 from trainables.data import cache
 from trainables.data.layout import MIXTURE, normalize_sources
-from trainables.family import Base, get_family
+from trainables.family import get_family
+from trainables.separator import SeparatorBase
 from trainables.loop import Setup
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -121,13 +122,15 @@ def names(client, run_id: str, path: str) -> set[str]:
 def test_a_failing_preview_leaves_a_warning_tag_and_no_partial_artifacts(make_tiny, valid_cache, store):
     _, client, run_id = store
     model = make_tiny()
-    setup = Setup(model, {}, [], Base(model, list(SOURCES), RATE, 1.0, {"name": "tiny", "sha256": ""}),
-                  SOURCES, get_family("htdemucs"), valid=valid_cache, segment=1.0)
-    trial.log_preview(client, run_id, setup, {"epoch": 2, "valid/sdr": 1.0}, torch.device("cpu"), seconds=1.0)
+    base = SeparatorBase(model=model, identity={"name": "tiny", "sha256": ""}, sources=list(SOURCES), samplerate=RATE,
+                         segment=1.0)
+    cfg = {"data": {"sources": SOURCES, "segment": 1.0}}
+    setup = Setup(model, {}, [], base, get_family("htdemucs"), cfg, valid=valid_cache)
+    trial.log_preview(client, run_id, setup, {"epoch": 2, "valid/sdr": 1.0}, torch.device("cpu"))
     tags = client.get_run(run_id).data.tags
     assert tags["rankhouse.preview_warning"].startswith("epoch 2: ValueError: no valid/sdr/")
     assert "rankhouse.preview_epoch" not in tags
-    assert client.list_artifacts(run_id, previews.ARTIFACT_PATH) == []
+    assert client.list_artifacts(run_id, trial.PREVIEW_PATH) == []
     trial.log_preview(client, run_id, None, {"epoch": 3}, torch.device("cpu"))  # no setup: still no exception
     assert client.get_run(run_id).data.tags["rankhouse.preview_warning"].startswith("epoch 3: RuntimeError")
 

@@ -73,10 +73,10 @@ def test_roformer_heuristic_falls_with_depth():
 
 @pytest.mark.parametrize("mode", ["uniform", "heuristic", "custom", "gradient"])
 def test_every_mode_keeps_step0_and_trains_only_adapters_and_new_heads(mode, make_tiny, tiny_kwargs, tiny_mix):
-    from trainables.family import Base
+    from trainables.separator import SeparatorBase
 
-    base = Base(model=make_tiny(), sources=["drums", "bass", "other", "vocals"], samplerate=22050, segment=1.0,
-                identity={}, config={"kwargs": tiny_kwargs})
+    base = SeparatorBase(model=make_tiny(), sources=["drums", "bass", "other", "vocals"], samplerate=22050,
+                         segment=1.0, identity={}, config={"kwargs": tiny_kwargs})
     model, heads = HTDEMUCS.adapt_sources(base, ["kick", "hihat", "bass", "other", "vocals"],
                                           {"kick": "drums", "hihat": "drums"})
     with torch.no_grad():

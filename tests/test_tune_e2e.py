@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from trainables.separation import evaluate_tracks
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(audio_channels=2, channels=16, depth=4, nfft=4096, samplerate=22050, segment=2, t_layers=2,
@@ -120,5 +121,5 @@ def test_adapters_reload_and_reproduce_the_logged_score(search, base_checkpoint)
             with torch.no_grad():
                 outputs.append(peft_model(x))
         assert torch.equal(outputs[0], outputs[1])
-        scores = loop.evaluate(peft_model, valid, sources, 22050, 2.0, torch.device("cpu"), max_seconds=4.0)
+        scores = evaluate_tracks(peft_model, valid, sources, 22050, 2.0, torch.device("cpu"), max_seconds=4.0)
         assert scores["valid/sdr"] == pytest.approx(trial["best"], abs=1e-3)

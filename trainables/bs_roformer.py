@@ -21,7 +21,7 @@ Loss: the protocol's L1 on waveforms. MSST adds L1 on five multi-resolution STFT
 here it takes a 4 x 3 s training step of the embedded base from 1.3 s to 3.9 s on 2 cores, so
 it is left out.
 
-Source heads: each stem has its own mask estimator. ``adapt_sources`` builds one per target
+Source heads: each stem has its own mask estimator. ``adapt`` builds one per target
 source, a new source's (kick, hihat) as a copy of its parent's (drums), and trains only the
 new ones fully; shared sources keep their exact estimators.
 """
@@ -42,7 +42,7 @@ from torch import nn
 from trainables import roformer
 from trainables.checkpoint import plain_state, sha256, write_model
 from trainables.errors import RankhouseError
-from trainables.family import Base, Family, parent_indices
+from trainables.separator import SeparatorBase, Separator, parent_indices
 from trainables.htdemucs import ASSETS
 
 EMBEDDED = ASSETS / "bs_roformer_embedded.safetensors"
@@ -205,7 +205,7 @@ def msst_yaml(kwargs: dict, sources: list[str], samplerate: int, segment: float,
     return yaml.dump(raw, Dumper=yaml.Dumper, sort_keys=False)
 
 
-class BSRoformerFamily(Family):
+class BSRoformerFamily(Separator):
     name = "bs_roformer"
     embedded = EMBEDDED
     checkpoint_suffixes = (".safetensors", ".ckpt", ".pth", ".pt")  # rankhouse's, and MSST's
@@ -215,7 +215,7 @@ class BSRoformerFamily(Family):
     # any useful rank; target it explicitly with a rank <= heads.
     default_targets = ["layers.*.to_qkv*", "layers.*.to_out.*", "layers.*.net.1", "layers.*.net.4"]
 
-    def build_base(self, cfg: dict) -> Base:
+    def build_base(self, cfg: dict) -> SeparatorBase:
         base = str(cfg.get("base", "embedded"))
         ref = self.resolve_base(base)
         if ref == "scratch":  # a freshly initialised model: what the embedded base is trained from
@@ -242,11 +242,11 @@ class BSRoformerFamily(Family):
         return self._base(model, info, {"name": base, "sha256": sha256(path)})
 
     @staticmethod
-    def _base(model: nn.Module, info: dict, identity: dict) -> Base:
+    def _base(model: nn.Module, info: dict, identity: dict) -> SeparatorBase:
         model.sources = list(info["sources"])  # as HTDemucs has them: save_model reads the model's own
         model.eval()
-        return Base(model=model, sources=list(info["sources"]), samplerate=int(info["samplerate"]),
-                    segment=float(info["segment"]), identity=identity, config=info)
+        return SeparatorBase(model=model, sources=list(info["sources"]), samplerate=int(info["samplerate"]),
+                             segment=float(info["segment"]), identity=identity, config=info)
 
     def rank_scales(self, names: list[str]) -> dict[str, float]:
         """The heuristic allocation: x2 for the first time+frequency layer pair falling linearly to
@@ -267,12 +267,12 @@ class BSRoformerFamily(Family):
         # one pattern per layer: a glob's * would also cross the dots into the inner layers' indices
         return {g: [f"layers.{i}.{j}.*" for i in range(len(model.layers))] for j, g in enumerate(names)}
 
-    def save_model(self, model: nn.Module, path, base: Base) -> str:
+    def save_model(self, model: nn.Module, path, base: SeparatorBase) -> str:
         c = base.config
         kwargs = {**c["kwargs"], "num_stems": len(model.sources)}
         return save_checkpoint(model, Path(path), c["arch"], kwargs, model.sources, c["samplerate"], c["segment"])
 
-    def save_msst(self, model: nn.Module, path, config, base: Base) -> str:
+    def save_msst(self, model: nn.Module, path, config, base: SeparatorBase) -> str:
         sources = list(model.sources)
         c = base.config
         torch.save(plain_state(model), str(path))
@@ -280,7 +280,8 @@ class BSRoformerFamily(Family):
                                           c["segment"], base.identity.get("config")))
         return sha256(Path(path))
 
-    def rebuild_heads(self, base: Base, sources: list[str], parents: dict[str, str]) -> tuple[nn.Module, list[str]]:
+    def rebuild_heads(self, base: SeparatorBase, sources: list[str],
+                      parents: dict[str, str]) -> tuple[nn.Module, list[str]]:
         origin = parent_indices(base, sources, parents)
         model = copy.deepcopy(base.model)
         model.mask_estimators = nn.ModuleList(copy.deepcopy(base.model.mask_estimators[i]) for i in origin)

@@ -2,9 +2,10 @@
 
 A trial logs its bundle as the run's ``adapter`` artifact; promotion registers that folder;
 ``separate`` and ``export`` load it from a ``models:/`` or ``runs:/`` URI or a local folder.
-The manifest names the family, the model section (base, sources, parents) and the base's
-identity (name + sha256), so an adapter is never applied to another base: the base is rebuilt
-from the manifest (or a path the user gives) and its sha256 must match.
+The manifest names the family, the model section (base, and the task's keys: a separator's
+sources and parents), the base's identity (name + sha256) and what the task records to read
+data for it (``Task.manifest``), so an adapter is never applied to another base: the base is
+rebuilt from the manifest (or a path the user gives) and its sha256 must match.
 """
 
 from __future__ import annotations
@@ -16,33 +17,38 @@ from pathlib import Path
 from torch import nn
 
 from trainables import lora
-from trainables.data.layout import normalize_sources
 from trainables.errors import RankhouseError
-from trainables.family import Base, get_family
+from trainables.family import Base, Family, get_family
 
 MANIFEST = "rankhouse.json"
 FORMAT = 1
 
 
-def manifest(cfg: dict, setup) -> dict:
+def manifest(setup) -> dict:
     """What a bundle needs to be rebuilt: written once per trial beside its adapter."""
+    cfg = setup.cfg
     return {
         "format": FORMAT,
         "family": cfg["model"]["family"],
-        "model": {k: cfg["model"].get(k) for k in ("family", "base", "config", "sources", "parents")},
-        "sources": {name: list(stems) for name, stems in setup.sources.items()},
+        "model": dict(cfg["model"]),
         "base": dict(setup.base.identity),
-        "samplerate": int(setup.base.samplerate),
-        "segment": float(cfg["data"].get("segment", setup.base.segment)),
         "trainable_params": lora.trainable_parameters(setup.model),
+        **setup.task.manifest(cfg, setup.base),
     }
 
 
 @dataclass
 class Loaded:
-    model: nn.Module  # PeftModel over the base with the bundle's sources, in eval mode
+    model: nn.Module  # PeftModel over the base adapted as the study adapted it, in eval mode
     manifest: dict
     base: Base
+    family: Family
+
+    def reference(self) -> nn.Module:
+        """The base adapted the same way (e.g. heads for the same sources), with no adapter: a
+        model of its own, never the one the adapter was injected into."""
+        model, _ = self.family.adapt(self.base, self.manifest["model"])
+        return model.requires_grad_(False).eval()
 
 
 def read_manifest(folder: Path) -> dict:
@@ -87,13 +93,12 @@ def build_base(info: dict, base: str | None = None) -> Base:
 
 
 def load(folder: Path, base: str | None = None) -> Loaded:
-    """Rebuild base -> source heads -> adapter, checking every file first."""
+    """Rebuild base -> the study's adaptation (e.g. source heads) -> adapter, checking every file first."""
     folder = Path(folder)
     info = read_manifest(folder)
     check_adapter_files(folder)
     built = build_base(info, base)
     family = get_family(info["family"])
-    sources = normalize_sources(info["sources"])
-    model, _ = family.adapt_sources(built, list(sources), dict(info["model"].get("parents") or {}))
+    model, _ = family.adapt(built, info["model"])
     peft_model = lora.load(model.requires_grad_(False), folder)
-    return Loaded(peft_model.eval(), info, built)
+    return Loaded(peft_model.eval(), info, built, family)

@@ -1,5 +1,6 @@
 """The protocol every model family implements, so the loop, the search, tracking and promotion
-never special-case a model. A family is one module in ``trainables/`` registered by name."""
+never special-case a model. A family is one module in ``trainables/`` registered by name, or a
+user's own class named ``package.module:Class`` in ``model.family``."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from trainables.errors import RankhouseError
+from trainables.task import Task
 
 # name -> "module:Class"; adding a family adds one line here and nothing in platform/ or loop.py
 FAMILIES = {
@@ -24,26 +25,25 @@ FAMILIES = {
 
 @dataclass
 class Base:
-    """A base model and what an adapter must know about it."""
+    """A base model and what an adapter must know about it (a task's families add more:
+    ``trainables.separator.SeparatorBase`` has the sources)."""
 
     model: nn.Module
-    sources: list[str]
-    samplerate: int
-    segment: float  # seconds per inference chunk (the training segment length)
     identity: dict  # {"name": ..., "sha256": ...}: an adapter is never applied to another base
     config: dict = field(default_factory=dict)
 
 
 class Family(ABC):
     name: str
+    task: Task  # what its models do: data, loss, metrics, previews, promotion scores
     default_targets: list[str] = ["*"]  # LoRA targets when the config names none
     embedded: Path | None = None  # the embedded base's asset, built by ``python -m platform.base --family NAME``
     checkpoint_suffixes: tuple[str, ...] = (".safetensors",)  # names that are checkpoint files
 
     @abstractmethod
     def build_base(self, cfg: dict) -> Base:
-        """Build the base from ``cfg['base']``: ``embedded``, a pretrained name, a checkpoint path,
-        or ``scratch`` (a new model of the embedded architecture with ``cfg['base_sources']``)."""
+        """Build the base from ``cfg['base']`` (``cfg`` is the study's ``model`` section):
+        ``embedded``, a pretrained name, a checkpoint path, or ``scratch``."""
 
     def resolve_base(self, name: str) -> str | Path:
         """What ``model.base`` names, decided here only: ``scratch``; the embedded asset or a
@@ -64,19 +64,13 @@ class Family(ABC):
             return path
         return name
 
-    def adapt_sources(self, base: Base, sources: list[str], parents: dict[str, str]) -> tuple[nn.Module, list[str]]:
-        """A model for ``sources`` and the modules to train fully (new output heads), if any.
+    def adapt(self, base: Base, model_cfg: dict) -> tuple[nn.Module, list[str]]:
+        """A model for the study's ``model`` section, and the modules to train fully (e.g. output
+        heads rebuilt for other sources). The default: a copy of the base as it is.
 
         Always a model of its own, never ``base.model``: adapters are injected into it in place,
         and the base must stay the unadapted reference (promotion compares against it)."""
-        if list(sources) == list(base.sources):
-            return copy.deepcopy(base.model).eval(), []
-        return self.rebuild_heads(base, list(sources), parents)
-
-    def rebuild_heads(self, base: Base, sources: list[str], parents: dict[str, str]) -> tuple[nn.Module, list[str]]:
-        """``adapt_sources`` for sources other than the base's: a new model whose output heads
-        are rebuilt for ``sources`` (a new source's from its parent's), and the heads' paths."""
-        raise RankhouseError(f"model.sources: {self.name} cannot change its sources")
+        return copy.deepcopy(base.model).eval(), []
 
     def rank_scales(self, names: list[str]) -> dict[str, float]:
         """``lora.rank_mode: heuristic``: a rank multiplier per targeted module path, by depth and
@@ -106,29 +100,23 @@ class Family(ABC):
         ``path`` and the MSST config YAML that builds it at ``config``; returns the sha256."""
         raise RankhouseError(f"--format msst: the {self.name} family is not one of MSST's models")
 
-    def loss(self, model: nn.Module, mix: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """L1 on waveforms, as Demucs and MSST train."""
-        return (model(mix) - targets).abs().mean()
-
-
-def parent_indices(base: Base, sources: list[str], parents: dict[str, str]) -> list[int]:
-    """For each target source, the index of the base source its head starts from: itself if
-    the base has it, else ``parents[source]``."""
-    origin = []
-    for s in sources:
-        parent = s if s in base.sources else parents.get(s)
-        if parent is None:
-            raise RankhouseError(f"model.sources: {s!r} is not a source of the base ({', '.join(base.sources)}) "
-                                 f"and has no parent; add model.parents.{s}: <one of {', '.join(base.sources)}>")
-        if parent not in base.sources:
-            raise RankhouseError(f"model.parents.{s}: {parent!r} is not a source of the base "
-                                 f"({', '.join(base.sources)})")
-        origin.append(base.sources.index(parent))
-    return origin
-
 
 def get_family(name: str) -> Family:
-    if name not in FAMILIES:
-        raise RankhouseError(f"model.family: unknown family {name!r}; choose one of {', '.join(sorted(FAMILIES))}")
-    module, cls = FAMILIES[name].split(":")
-    return getattr(importlib.import_module(module), cls)()
+    """A registered family by name, or a user's own as ``package.module:Class`` (importable on
+    the driver and on every Ray worker)."""
+    if name in FAMILIES:
+        name = FAMILIES[name]
+    elif ":" not in name:
+        raise RankhouseError(f"model.family: unknown family {name!r}; choose one of {', '.join(sorted(FAMILIES))} "
+                             "or name your own as package.module:Class")
+    module, _, cls = name.partition(":")
+    try:
+        found = getattr(importlib.import_module(module), cls)
+    except ImportError as exc:
+        raise RankhouseError(f"model.family: {name}: cannot import {module} ({exc}); install the package or "
+                             "put it on PYTHONPATH (on every node of a cluster)") from None
+    except AttributeError:
+        raise RankhouseError(f"model.family: {name}: {module} has no {cls}") from None
+    if not (isinstance(found, type) and issubclass(found, Family) and isinstance(getattr(found, "task", None), Task)):
+        raise RankhouseError(f"model.family: {name}: not a trainables.family.Family subclass with a task")
+    return found()

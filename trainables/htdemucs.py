@@ -6,7 +6,7 @@ rankhouse, or a demucs ``.th`` package read with ``weights_only=True``), or a pr
 demucs name (``htdemucs``, ``htdemucs_ft``, ...) whose weights are already in torch hub's cache.
 
 Source heads: the last frequency and time decoders' transposed convolutions emit one block of
-channels per source. ``adapt_sources`` rebuilds them for the target sources, initialising a
+channels per source. ``adapt`` rebuilds them for the target sources, initialising a
 new source from its parent (kick and hihat from drums), and returns them as modules to train
 fully; shared sources keep their exact weights.
 """
@@ -25,7 +25,7 @@ from torch import nn
 
 from trainables.checkpoint import sha256, write_model
 from trainables.errors import RankhouseError
-from trainables.family import Base, Family, parent_indices
+from trainables.separator import SeparatorBase, Separator, parent_indices
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 EMBEDDED = ASSETS / "htdemucs_embedded.safetensors"
@@ -108,7 +108,7 @@ def find_pretrained(name: str) -> Path:
     return path
 
 
-class HTDemucsFamily(Family):
+class HTDemucsFamily(Separator):
     name = "htdemucs"
     embedded = EMBEDDED
     checkpoint_suffixes = (".safetensors", ".th")  # rankhouse's, and demucs' own
@@ -120,23 +120,24 @@ class HTDemucsFamily(Family):
                        "decoder.*.conv_tr", "decoder.*.rewrite", "tdecoder.*.conv_tr", "tdecoder.*.rewrite",
                        "crosstransformer.*"]
 
-    def build_base(self, cfg: dict) -> Base:
+    def build_base(self, cfg: dict) -> SeparatorBase:
         base = str(cfg.get("base", "embedded"))
         ref = self.resolve_base(base)
         if ref == "scratch":  # a freshly initialised model: what the embedded base is trained from
             sources = list(cfg.get("base_sources") or EMBEDDED_SOURCES)
             kwargs = {**EMBEDDED_KWARGS, **dict(cfg.get("kwargs") or {})}
             model = new_model(sources, kwargs)
-            return Base(model=model, sources=sources, samplerate=int(model.samplerate), segment=float(model.segment),
-                        identity={"name": "scratch", "sha256": None}, config={"kwargs": kwargs})
+            return SeparatorBase(model=model, sources=sources, samplerate=int(model.samplerate),
+                                 segment=float(model.segment),
+                                 identity={"name": "scratch", "sha256": None}, config={"kwargs": kwargs})
         path = ref if isinstance(ref, Path) else find_pretrained(ref)
         model, kwargs = load_safetensors(path) if path.suffix == ".safetensors" else load_demucs_package(path)
         model.eval()
-        return Base(model=model, sources=list(model.sources), samplerate=int(model.samplerate),
-                    segment=float(model.segment), identity={"name": base, "sha256": sha256(path)},
-                    config={"kwargs": kwargs})
+        return SeparatorBase(model=model, sources=list(model.sources), samplerate=int(model.samplerate),
+                             segment=float(model.segment), identity={"name": base, "sha256": sha256(path)},
+                             config={"kwargs": kwargs})
 
-    def save_model(self, model: nn.Module, path, base: Base) -> str:
+    def save_model(self, model: nn.Module, path, base: SeparatorBase) -> str:
         return save_checkpoint(model, Path(path), base.config["kwargs"])
 
     def rank_scales(self, names: list[str]) -> dict[str, float]:
@@ -168,7 +169,8 @@ class HTDemucsFamily(Family):
     def heads(model: nn.Module) -> list[str]:
         return [f"decoder.{len(model.decoder) - 1}.conv_tr", f"tdecoder.{len(model.tdecoder) - 1}.conv_tr"]
 
-    def rebuild_heads(self, base: Base, sources: list[str], parents: dict[str, str]) -> tuple[nn.Module, list[str]]:
+    def rebuild_heads(self, base: SeparatorBase, sources: list[str],
+                      parents: dict[str, str]) -> tuple[nn.Module, list[str]]:
         origin = parent_indices(base, sources, parents)
         model = new_model(sources, base.config["kwargs"])
         old, new = base.model.state_dict(), model.state_dict()

@@ -1,9 +1,11 @@
-"""The training loop, shared by every model family and every way of running it.
+"""The training loop, shared by every model family, every task and every way of running it.
 
-Nothing model-specific lives here: the family builds the base, rebuilds its source heads and
-computes the loss; LoRA comes from ``trainables.lora``; batches from the decoded cache. The
-same ``train`` runs bare in one process (benchmarks, the base trainer's tests) and inside a
-Ray Train worker (``trainables.trial``), where ``report`` forwards metrics and checkpoints.
+Nothing model- or task-specific lives here: the family builds the base and adapts it to the
+study (e.g. rebuilt output heads); the task (``trainables/task.py``) opens the data, draws
+batches, computes the loss and evaluates; LoRA comes from ``trainables.lora``. ``Recipe`` is
+one training run in the manner of a torchtune recipe: ``setup``, ``train_epoch``, ``save``.
+The same ``train`` runs bare in one process (benchmarks, the base trainer) and inside a Ray
+worker (``trainables.trial``), where ``report`` forwards metrics and checkpoints.
 """
 
 from __future__ import annotations
@@ -14,19 +16,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
 
-from trainables import checkpoint, lora, realloc
-from trainables.data import cache as stem_cache
-from trainables.data.layout import normalize_sources, stems_of
-from trainables.data.segments import Augment, SegmentSampler, validation_tracks
-from trainables.errors import RankhouseError, TrialFailed  # noqa: F401 (TrialFailed: loop's to raise)
+from trainables import checkpoint, lora, realloc, schema
+from trainables.errors import RankhouseError, TrialFailed
 from trainables.family import Base, Family, get_family
-from trainables.metrics import nsdr
-from trainables.separation import separate
+from trainables.task import Batches, Task
 
 SCHEDULES = ("constant", "linear", "cosine")
 
@@ -64,32 +62,39 @@ def lr_lambda(schedule: str, total: int, warmup: float) -> Callable[[int], float
 
 @dataclass
 class Setup:
-    """Everything ``train`` needs, built from a trial config; also used by reload checks."""
+    """A model built from a trial config; ``Recipe`` trains it, reload checks and the budget read it."""
 
     model: torch.nn.Module  # the PeftModel (the plain model for full training)
     ranks: dict[str, int]
     modules_to_save: list[str]
     base: Base
-    sources: dict[str, list[str]]
     family: Family
+    cfg: dict
     spec: lora.LoraSpec | None = None  # the adapters' (set by ``build_model``; None: full training)
-    # filled in by ``train`` once the data is open, for reporters that need more than metrics
-    # (a trial's audio preview separates an excerpt of the validation split with ``model``)
-    valid: stem_cache.StemCache | None = None
-    segment: float | None = None  # seconds per training segment and per inference chunk
+    valid: Any = None  # the opened validation split, once training has opened it (previews read it)
+
+    @property
+    def task(self) -> Task:
+        return self.family.task
+
+
+def complete(cfg: dict) -> dict:
+    """``cfg`` with the schema's defaults for whatever it leaves out: a config written in code
+    (the base trainer, tests) runs with the documented defaults, never the loop's own guesses."""
+    return schema.complete(schema.for_task(get_family(cfg["model"]["family"]).task), cfg)
 
 
 def base_model(cfg: dict) -> Setup:
-    """The base with its heads rebuilt for the configured sources, frozen, no adapter yet.
+    """The base adapted to the study (e.g. its heads rebuilt for other sources), frozen, no adapter yet.
 
     Frozen matters beyond training: PyTorch's MultiheadAttention takes its fast path only when
     no parameter requires grad, and PEFT freezes the base, so only a frozen reference gives the
     exact step-0 equality the tests prove."""
+    cfg = complete(cfg)
     family = get_family(cfg["model"]["family"])
     base = family.build_base(cfg["model"])
-    sources = normalize_sources(cfg["data"].get("sources") or cfg["model"]["sources"])
-    model, heads = family.adapt_sources(base, list(sources), dict(cfg["model"].get("parents") or {}))
-    return Setup(model.requires_grad_(False), {}, heads, base, sources, family)
+    model, heads = family.adapt(base, cfg["model"])
+    return Setup(model.requires_grad_(False), {}, heads, base, family, cfg)
 
 
 def build_model(cfg: dict) -> Setup:
@@ -100,34 +105,6 @@ def build_model(cfg: dict) -> Setup:
     setup.spec = lora.LoraSpec.from_config(cfg["lora"])
     setup.model, setup.ranks = setup.family.apply_lora(setup.model, setup.spec, setup.modules_to_save)
     return setup
-
-
-def evaluate(model: torch.nn.Module, valid, sources: dict, samplerate: int, segment_seconds: float,
-             device: torch.device, max_seconds: float | None = None) -> dict:
-    """Whole-track validation: ``valid/loss`` (L1) and nSDR per source and mean, averaged over tracks."""
-    model.eval()
-    names = list(sources)
-    sdrs, losses = [], []
-    for _, mix, refs in validation_tracks(valid, sources, max_seconds, samplerate):
-        est = separate(model, torch.from_numpy(mix).to(device), int(segment_seconds * samplerate)).cpu()
-        ref = torch.from_numpy(refs)
-        losses.append(float((est - ref).abs().mean()))
-        sdrs.append(nsdr(ref, est))
-    per_source = np.mean(np.stack(sdrs), axis=0)
-    metrics = {"valid/loss": float(np.mean(losses)), "valid/sdr": float(per_source.mean())}
-    metrics.update({f"valid/sdr/{n}": float(v) for n, v in zip(names, per_source)})
-    return metrics
-
-
-def open_caches(cfg: dict, sources: dict, samplerate: int) -> tuple[stem_cache.StemCache, stem_cache.StemCache]:
-    data = cfg["data"]
-    out = []
-    for split in ("train", "valid"):
-        path = (data.get("cache") or {}).get(split)
-        if not path or not Path(path).is_file():  # e.g. a node the driver's preflight did not run on
-            path = stem_cache.build(data["root"], split, stems_of(sources), samplerate, data.get("cache_dir"))
-        out.append(stem_cache.StemCache(path))
-    return out[0], out[1]
 
 
 def reallocate(setup: Setup, budget: int, log=print) -> dict[str, int]:
@@ -141,96 +118,125 @@ def reallocate(setup: Setup, budget: int, log=print) -> dict[str, int]:
     return ranks
 
 
+class Recipe:
+    """One training run of ``cfg``: ``setup`` (model, data, optimizer, a checkpoint to resume
+    from), then ``train_epoch`` and ``save`` per epoch; ``run`` drives them with a ``Report``."""
+
+    def __init__(self, cfg: dict, device: torch.device | None = None, log=print,
+                 prepare_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+                 on_setup: Callable[[Setup], None] | None = None, rank: int = 0):
+        cfg = complete(cfg)
+        self.cfg, self.log, self.prepare_model, self.on_setup, self.rank = cfg, log, prepare_model, on_setup, rank
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        t = cfg["train"]
+        self.epochs, self.steps, self.batch_size = int(t["epochs"]), int(t["steps_per_epoch"]), int(t["batch_size"])
+        self.use_bf16 = self.device.type == "cuda" and bool(t["bf16"])
+        self.clip = float(cfg["optim"]["grad_clip"])
+        self.start_epoch, self.step = 0, 0
+        self.realloc_step: int | None = None  # rank_mode gradient: the step that reallocates
+        self.budget: int | None = None
+
+    # ---- setup ----------------------------------------------------------------------------
+    def setup(self, resume_from: Path | None = None) -> None:
+        cfg = self.cfg
+        seed = int(cfg["train"]["seed"])
+        seed_everything(seed)
+        self.built = s = build_model(cfg)
+        resumed = checkpoint.load(Path(resume_from)) if resume_from is not None else None
+        if s.spec is not None and s.spec.rank_mode == "gradient":
+            self.budget = realloc.uniform_budget(s.model, s.spec.rank)
+            if resumed is not None:  # every checkpoint is past the reallocation (it happens in epoch 1)
+                s.ranks = {k: int(v) for k, v in resumed[1]["ranks"].items()}
+                realloc.reshape(s.model, s.ranks, keep_learned=False)
+            else:
+                self.realloc_step = realloc.warmup_steps(s.spec.gradient_at, self.steps)
+        if self.on_setup and self.realloc_step is None:  # a gradient trial describes itself once its ranks are final
+            self.on_setup(s)
+        self.model = s.model.to(self.device)
+        s.valid = s.task.open(cfg, s.base, "valid")
+        # each data-parallel rank draws its own batches
+        self.batches: Batches = s.task.batches(s.task.open(cfg, s.base, "train"), cfg, s.base, seed + self.rank)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        o = cfg["optim"]
+        self.optimizer = torch.optim.AdamW(self.params, lr=float(o["lr"]), weight_decay=float(o["weight_decay"]))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(o["schedule"], self.epochs * self.steps, float(o["warmup"])))
+        if resumed is not None:
+            opt_state, state = resumed
+            checkpoint.load_weights(s.model, Path(resume_from))
+            self.optimizer.load_state_dict(opt_state)
+            self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(torch.tensor(state["rng"]["torch"], dtype=torch.uint8))
+            self.batches.set_state(state["rng"]["sampler"])
+            self.start_epoch, self.step = int(state["epoch"]), int(state["step"])
+            self.log(f"resumed from {resume_from} at epoch {self.start_epoch}, step {self.step}")
+        self.train_model = self.prepare_model(self.model) if self.prepare_model else self.model
+
+    # ---- one epoch ------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict:
+        """``steps_per_epoch`` optimizer steps, then validation: the epoch's metrics."""
+        s, task = self.built, self.built.task
+        self.train_model.train()
+        started, total = time.perf_counter(), 0.0
+        for _ in range(self.steps):
+            batch = tuple(torch.as_tensor(x).to(self.device) for x in self.batches.sample(self.batch_size))
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+                loss = task.loss(self.train_model, batch)
+            if not torch.isfinite(loss):
+                raise TrialFailed(f"non-finite training loss ({loss.item()}) at step {self.step}; lower optim.lr "
+                                  "or set optim.grad_clip")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            total += loss.item()
+            self.step += 1
+            if self.step == self.realloc_step:
+                self._reallocate()
+        metrics = {"train/loss": total / self.steps, "epoch": epoch + 1, "step": self.step,
+                   "lr": self.scheduler.get_last_lr()[0],
+                   "time/train_step_s": (time.perf_counter() - started) / self.steps}
+        metrics.update(task.evaluate(self.model, s.valid, self.cfg, s.base, self.device))
+        if not math.isfinite(metrics["valid/loss"]):
+            raise TrialFailed(f"non-finite validation loss at epoch {epoch + 1}")
+        return metrics
+
+    def _reallocate(self) -> None:
+        s = self.built
+        s.ranks = reallocate(s, self.budget, self.log)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # AdamW's moments belonged to the old factors; the schedule (and its step) carries on
+        self.optimizer.param_groups[0]["params"] = self.params
+        self.optimizer.state.clear()
+        self.train_model = self.prepare_model(self.model) if self.prepare_model else self.model
+        self.train_model.train()
+        if self.on_setup:
+            self.on_setup(s)
+
+    # ---- save -----------------------------------------------------------------------------
+    def save(self, folder: Path, epoch: int, metrics: dict) -> None:
+        """The adapter (or whole model) and everything a resume needs, into ``folder``."""
+        checkpoint.save_weights(self.built.model, folder)
+        checkpoint.save(folder, self.optimizer, self.scheduler, epoch + 1, self.step, self.batches.state(), metrics,
+                        self.built.ranks or None)
+
+    def run(self, report: Report) -> dict:
+        metrics: dict = {}
+        for epoch in range(self.start_epoch, self.epochs):
+            metrics = self.train_epoch(epoch)
+            with tempfile.TemporaryDirectory() as tmp:
+                self.save(Path(tmp), epoch, metrics)
+                if report(metrics, Path(tmp)):
+                    break
+        return metrics
+
+
 def train(cfg: dict, report: Report, resume_from: Path | None = None, device: torch.device | None = None,
           prepare_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None, log=print,
           on_setup: Callable[[Setup], None] | None = None, rank: int = 0) -> dict:
     """Train adapters for ``cfg``; ``report`` gets metrics and a checkpoint folder every epoch."""
-    t = cfg["train"]
-    seed = int(t.get("seed", 0))
-    seed_everything(seed)
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    setup = build_model(cfg)
-    epochs, steps = int(t["epochs"]), int(t["steps_per_epoch"])
-    resumed = checkpoint.load(Path(resume_from)) if resume_from is not None else None
-    spec = setup.spec
-    realloc_step, budget = None, None
-    if spec is not None and spec.rank_mode == "gradient":
-        budget = realloc.uniform_budget(setup.model, spec.rank)
-        if resumed is not None:  # every checkpoint is past the reallocation (it happens in epoch 1)
-            setup.ranks = {k: int(v) for k, v in resumed[1]["ranks"].items()}
-            realloc.reshape(setup.model, setup.ranks, keep_learned=False)
-        else:
-            realloc_step = realloc.warmup_steps(spec.gradient_at, steps)
-    if on_setup and realloc_step is None:  # a gradient trial describes itself once its ranks are final
-        on_setup(setup)
-    model = setup.model.to(device)
-    samplerate, segment = setup.base.samplerate, float(cfg["data"].get("segment", setup.base.segment))
-    train_cache, valid_cache = open_caches(cfg, setup.sources, samplerate)
-    setup.valid, setup.segment = valid_cache, segment
-    # each data-parallel rank draws its own batches
-    sampler = SegmentSampler(train_cache, setup.sources, int(segment * samplerate), seed + rank,
-                             Augment() if t.get("augment", True) else Augment.off())
-    params = [p for p in model.parameters() if p.requires_grad]
-    o = cfg["optim"]
-    optimizer = torch.optim.AdamW(params, lr=float(o["lr"]), weight_decay=float(o.get("weight_decay", 0.0)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(o.get("schedule", "constant"), epochs * steps, float(o.get("warmup", 0.0))))
-    start_epoch, step = 0, 0
-    if resumed is not None:
-        opt_state, state = resumed
-        checkpoint.load_weights(setup.model, Path(resume_from))
-        optimizer.load_state_dict(opt_state)
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(torch.tensor(state["rng"]["torch"], dtype=torch.uint8))
-        sampler.set_state(state["rng"]["sampler"])
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        log(f"resumed from {resume_from} at epoch {start_epoch}, step {step}")
-    train_model = prepare_model(model) if prepare_model else model
-    use_bf16 = device.type == "cuda" and bool(t.get("bf16", True))
-    clip = float(o.get("grad_clip", 0.0) or 0.0)
-    batch = int(t["batch_size"])
-    metrics: dict = {}
-    for epoch in range(start_epoch, epochs):
-        train_model.train()
-        started, total = time.perf_counter(), 0.0
-        for _ in range(steps):
-            mix, targets = sampler.sample(batch)
-            mix, targets = torch.from_numpy(mix).to(device), torch.from_numpy(targets).to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = setup.family.loss(train_model, mix, targets)
-            if not torch.isfinite(loss):
-                raise TrialFailed(f"non-finite training loss ({loss.item()}) at step {step}; lower optim.lr "
-                                  "or set optim.grad_clip")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, clip)
-            optimizer.step()
-            scheduler.step()
-            total += loss.item()
-            step += 1
-            if step == realloc_step:
-                setup.ranks = reallocate(setup, budget, log)
-                params = [p for p in model.parameters() if p.requires_grad]
-                # AdamW's moments belonged to the old factors; the schedule (and its step) carries on
-                optimizer.param_groups[0]["params"] = params
-                optimizer.state.clear()
-                train_model = prepare_model(model) if prepare_model else model
-                train_model.train()
-                if on_setup:
-                    on_setup(setup)
-        train_seconds = time.perf_counter() - started
-        metrics = {"train/loss": total / steps, "epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
-                   "time/train_step_s": train_seconds / steps}
-        metrics.update(evaluate(model, valid_cache, setup.sources, samplerate, segment, device,
-                                t.get("valid_max_seconds")))
-        if not math.isfinite(metrics["valid/loss"]):
-            raise TrialFailed(f"non-finite validation loss at epoch {epoch + 1}")
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            checkpoint.save_weights(setup.model, folder)
-            checkpoint.save(folder, optimizer, scheduler, epoch + 1, step, sampler.state(), metrics,
-                            setup.ranks or None)
-            if report(metrics, folder):
-                break
-    return metrics
+    recipe = Recipe(cfg, device, log, prepare_model, on_setup, rank)
+    recipe.setup(resume_from)
+    return recipe.run(report)

@@ -25,7 +25,6 @@ from trainables.data.layout import MIXTURE, Sources
 from trainables.data.segments import source_audio
 from trainables.separation import separate
 
-ARTIFACT_PATH = "preview"  # the run's artifact folder that holds everything below
 CHART = "sdr_per_source.png"
 REFERENCE = "reference"  # subfolder of the reference stems
 INFO = "excerpt.json"

@@ -26,13 +26,15 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from trainables import checkpoint, objective, previews, tags, tracking
+from trainables import checkpoint, objective, tags, tracking
 from trainables.errors import TrialFailed
 
 # ``trainables.loop`` (PEFT, which imports transformers: ~5 s) is imported where a trial trains,
 # not here: this module is the trial process's entry point and a search's bookkeeping needs none of it
 if TYPE_CHECKING:
     from trainables import loop
+
+PREVIEW_PATH = "preview"  # the run's artifact folder of a task's preview
 
 
 def pin_threads(resources: dict) -> None:
@@ -141,20 +143,17 @@ def worker_main(config: dict) -> None:
               ctx.get_world_rank(), ray.train.torch.get_device(), prepare)
 
 
-def log_preview(mlflow, run_id: str, setup: loop.Setup | None, metrics: dict, device: torch.device,
-                seconds: float = 6.0) -> None:
-    """Log the best epoch's audio excerpt and nSDR chart under ``preview/`` (replacing an earlier
-    epoch's). Listening material is a nicety: if it fails, the run gets a warning tag and the
-    trial goes on."""
+def log_preview(mlflow, run_id: str, setup: loop.Setup | None, metrics: dict, device: torch.device) -> None:
+    """Log the task's preview of the best epoch (e.g. an audio excerpt and a chart) under
+    ``preview/``, replacing an earlier epoch's. Listening material is a nicety: if it fails, the
+    run gets a warning tag and the trial goes on."""
     try:
         if setup is None or setup.valid is None:
             raise RuntimeError("the loop reported before its setup and validation data were known")
         with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            previews.write_excerpt(setup.model, setup.valid, setup.sources, setup.base.samplerate, setup.segment,
-                                   device, folder, seconds=seconds)
-            previews.sdr_bar_chart(metrics, folder / previews.CHART)
-            mlflow.log_artifacts(run_id, tmp, previews.ARTIFACT_PATH)
+            if not setup.task.preview(setup.model, setup.valid, setup.cfg, setup.base, metrics, Path(tmp), device):
+                return
+            mlflow.log_artifacts(run_id, tmp, PREVIEW_PATH)
         mlflow.set_tag(run_id, tags.PREVIEW_EPOCH, str(metrics["epoch"]))
     except Exception as exc:  # any failure here must not cost the trial
         mlflow.set_tag(run_id, tags.PREVIEW_WARNING,
@@ -227,7 +226,7 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
             (Path(tmp) / "ranks.json").write_text(json.dumps(setup.ranks, indent=1))
             mlflow.log_artifact(run_id, str(Path(tmp) / "ranks.json"))
             # the adapter artifact is a bundle: the adapter (logged at the best epoch) and what it needs
-            (Path(tmp) / bundle.MANIFEST).write_text(json.dumps(bundle.manifest(cfg, setup), indent=1))
+            (Path(tmp) / bundle.MANIFEST).write_text(json.dumps(bundle.manifest(setup), indent=1))
             mlflow.log_artifact(run_id, str(Path(tmp) / bundle.MANIFEST), checkpoint.ADAPTER)
 
     if resume is None:

@@ -79,6 +79,21 @@ def write_track(folder: Path, stems: dict[str, np.ndarray], notes: dict) -> None
     (folder / "annotations.yaml").write_text(yaml.safe_dump(notes, sort_keys=False))
 
 
+def home() -> Path:
+    """rankhouse's cache home: rendered corpora and their decoded caches."""
+    return Path(os.environ.get("RANKHOUSE_HOME", Path.home() / ".cache" / "rankhouse"))
+
+
+def embedded_corpus(preset: str, songs: int, seconds: float, seed: int, valid: int | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> Path:
+    """The embedded corpus with these settings under ``home()``, rendered first if this machine
+    has not yet (driver side: trials get the path)."""
+    out = home() / "corpora" / (f"{preset}-seed{seed}-{songs}x{seconds:g}s" + (f"-valid{valid}" if valid else ""))
+    if not (out / MANIFEST).is_file():
+        print(f"rendering the embedded {preset} corpus ({songs} songs x {seconds:g} s) into {out}")
+    return render_corpus(out, preset, songs, seconds, seed, valid, progress=progress)
+
+
 def corpus_spec(preset: str, songs: int, seconds: float, seed: int, valid: int) -> dict:
     return {"preset": preset, "songs": songs, "seconds": float(seconds), "seed": seed, "valid": valid,
             "samplerate": SAMPLERATE, "version": 1}
