@@ -43,7 +43,7 @@ def test_the_warm_up_starts_at_init_scale_times_rank_clamped_to_each_layer(make_
     modules = lora.adaptable_modules(model)
     assert ranks == {n: min(5, min(lora.fan(modules[n]))) for n in ranks}  # ceil(3 x 1.5) = 5
     assert {n.split(".")[0] for n in ranks} == {"encoder", "tencoder", "crosstransformer", "decoder", "tdecoder"}
-    with pytest.raises(RankhouseError, match="lora.gradient_at: 0; expected 0 < gradient_at <= 1"):
+    with pytest.raises(RankhouseError, match="lora.gradient_at: 0.0; expected 0 < gradient_at <= 1"):
         lora.LoraSpec.from_config({"rank_mode": "gradient", "gradient_at": 0})
     with pytest.raises(RankhouseError, match="rank_mode gradient sets every layer's rank itself"):
         lora.LoraSpec.from_config({"rank_mode": "gradient", "layer_ranks": {"encoder.*": 4}})

@@ -340,33 +340,35 @@ def test_all_ranks_zero_is_an_error(make_tiny):
         lora.apply(make_tiny(), spec)
 
 
-def test_negative_layer_rank_is_an_error(make_tiny):
-    spec = lora.LoraSpec(rank=2, targets=["encoder.*.conv"], layer_ranks={"encoder.1.*": -1})
-    with pytest.raises(RankhouseError, match=r"lora\.layer_ranks\.encoder\.1\.\*: rank -1"):
-        lora.resolve_ranks(make_tiny(), spec)
+def test_negative_layer_rank_is_an_error():
+    with pytest.raises(RankhouseError, match=r"lora\.layer_ranks\.encoder\.1\.\*: -1; expected an integer rank >= 0"):
+        lora.LoraSpec(rank=2, targets=["encoder.*.conv"], layer_ranks={"encoder.1.*": -1})
 
 
 @pytest.mark.parametrize("cfg, message", [
-    ({"scaling": "sqrt"}, r"lora\.scaling: 'sqrt'; expected one of \('standard', 'rslora'\)"),
-    ({"rnk": 4}, r"lora: unknown key\(s\) \['rnk'\]"),
-    ({"rank": 0}, r"lora\.rank: 0; expected an integer >= 1"),
+    ({"scaling": "sqrt"}, r"lora\.scaling: 'sqrt'; expected standard \(alpha/r\) or rslora"),
+    ({"rnk": 4}, r"lora\.rnk: unknown key; expected one of rank, alpha"),
+    ({"rank": 0}, r"lora\.rank: 0; expected an integer rank >= 1"),
+    ({"rank": "4"}, r"lora\.rank: expected an integer, got '4'"),
+    ({"alpha": 0.0}, r"lora\.alpha: 0\.0; expected alpha > 0"),
     ({"dropout": 1.0}, r"lora\.dropout: 1\.0"),
+    ({"layer_ranks": {"encoder.0.*": "2"}}, r"lora\.layer_ranks\.encoder\.0\.\*: '2'; expected an integer rank"),
 ])
 def test_spec_errors(cfg, message):
     with pytest.raises(RankhouseError, match=message):
         lora.LoraSpec.from_config(cfg)
 
 
-def test_spec_from_config_normalises():
-    spec = lora.LoraSpec.from_config({"rank": "4", "alpha": 8, "targets": "encoder.*",
-                                      "layer_ranks": {"encoder.0.*": "2"}})
+def test_spec_from_config_fills_the_schemas_defaults():
+    spec = lora.LoraSpec.from_config({"rank": 4, "alpha": 8, "targets": ["encoder.*"], "layer_ranks": {"encoder.0.*": 2}})
     assert (spec.rank, spec.alpha, spec.targets, spec.layer_ranks) == (4, 8.0, ["encoder.*"], {"encoder.0.*": 2})
     assert isinstance(spec.alpha, float)
+    assert (spec.dropout, spec.scaling, spec.rank_mode, spec.gradient_at) == (0.0, "standard", "custom", 0.5)
 
 
 def test_an_unknown_rank_mode_is_refused_not_ignored():
-    with pytest.raises(RankhouseError, match="lora.rank_mode: 'adalora'; expected one of custom, uniform, heuristic, "
-                                             "gradient"):
+    with pytest.raises(RankhouseError, match=r"lora.rank_mode: 'adalora'; expected custom \(rank \+ layer_ranks\), "
+                                             r"uniform \(one rank\), heuristic"):
         lora.LoraSpec.from_config({"rank": 4, "rank_mode": "adalora"})
 
 

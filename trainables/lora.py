@@ -30,7 +30,7 @@ import fnmatch
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -39,11 +39,10 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora.layer import _ConvNd
 from torch import nn
 
+from trainables import schema
 from trainables.errors import RankhouseError
 
 ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.MultiheadAttention)
-SCALINGS = ("standard", "rslora")
-RANK_MODES = ("custom", "uniform", "heuristic", "gradient")
 RankScales = Callable[[list[str]], dict[str, float]]  # targeted module paths -> rank multiplier
 Groups = Mapping[str, list[str]]  # layer group name -> glob patterns over module paths
 
@@ -92,54 +91,39 @@ class LoraConvTranspose(_ConvNd):
 CUSTOM_MODULES = {nn.ConvTranspose1d: LoraConvTranspose, nn.ConvTranspose2d: LoraConvTranspose}
 
 
+LORA = schema.SCHEMA["lora"]  # the section's keys, defaults and rules: declared once, in the schema
+
+
 @dataclass
 class LoraSpec:
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    scaling: str = "standard"
-    rank_mode: str = "custom"
+    """The ``lora`` section, typed. Defaults and checks are the schema's (``trainables/schema.py``),
+    applied in ``__post_init__``, so a spec built in code is held to what a YAML file is."""
+
+    rank: int = LORA["rank"].default
+    alpha: float = LORA["alpha"].default
+    dropout: float = LORA["dropout"].default
+    scaling: str = LORA["scaling"].default
+    rank_mode: str = LORA["rank_mode"].default
     targets: list[str] | None = None  # None: the family's default targets
     layer_ranks: dict[str, int] = field(default_factory=dict)  # ordered: first match wins
     placement: dict[str, bool] = field(default_factory=dict)  # layer group -> adapters on/off (unnamed: on)
-    gradient_init_scale: float = 2.0  # gradient mode: starting ranks, x rank
-    gradient_at: float = 0.5  # gradient mode: reallocate after this fraction of the first epoch
+    gradient_init_scale: float = LORA["gradient_init_scale"].default
+    gradient_at: float = LORA["gradient_at"].default
+
+    def __post_init__(self):
+        checked = schema.validate(LORA, {f.name: getattr(self, f.name) for f in fields(self)}, "", "lora")
+        for name, value in checked.items():
+            setattr(self, name, value)
+        if self.rank_mode != "custom" and self.layer_ranks:
+            raise RankhouseError(f"lora.layer_ranks: rank_mode {self.rank_mode} sets every layer's rank itself; "
+                                 "remove layer_ranks or use rank_mode: custom")
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> "LoraSpec":
-        known = {"rank", "alpha", "dropout", "scaling", "rank_mode", "targets", "layer_ranks", "placement",
-                 "gradient_init_scale", "gradient_at"}
-        unknown = set(cfg) - known
+        unknown = sorted(set(cfg) - set(LORA))
         if unknown:
-            raise RankhouseError(f"lora: unknown key(s) {sorted(unknown)}; expected {sorted(known)}")
-        spec = cls(**{k: v for k, v in cfg.items() if k in known})
-        if spec.targets is not None:
-            spec.targets = [spec.targets] if isinstance(spec.targets, str) else list(spec.targets)
-        spec.layer_ranks = {str(k): int(v) for k, v in dict(spec.layer_ranks or {}).items()}
-        spec.placement = dict(spec.placement or {})
-        for group, on in spec.placement.items():
-            if not isinstance(on, bool):
-                raise RankhouseError(f"lora.placement.{group}: {on!r}; expected true or false")
-        if spec.scaling not in SCALINGS:
-            raise RankhouseError(f"lora.scaling: {spec.scaling!r}; expected one of {SCALINGS}")
-        if spec.rank_mode not in RANK_MODES:
-            raise RankhouseError(f"lora.rank_mode: {spec.rank_mode!r}; expected one of {', '.join(RANK_MODES)}")
-        if spec.rank_mode != "custom" and spec.layer_ranks:
-            raise RankhouseError(f"lora.layer_ranks: rank_mode {spec.rank_mode} sets every layer's rank itself; "
-                                 "remove layer_ranks or use rank_mode: custom")
-        if int(spec.rank) < 1:
-            raise RankhouseError(f"lora.rank: {spec.rank}; expected an integer >= 1")
-        if not 0 <= float(spec.dropout) < 1:
-            raise RankhouseError(f"lora.dropout: {spec.dropout}; expected 0 <= dropout < 1")
-        if not float(spec.gradient_init_scale) >= 1:
-            raise RankhouseError(f"lora.gradient_init_scale: {spec.gradient_init_scale}; expected >= 1 (the "
-                                 "starting ranks, x rank, that reallocation prunes to the budget)")
-        if not 0 < float(spec.gradient_at) <= 1:
-            raise RankhouseError(f"lora.gradient_at: {spec.gradient_at}; expected 0 < gradient_at <= 1 "
-                                 "(a fraction of the first epoch)")
-        spec.rank, spec.alpha, spec.dropout = int(spec.rank), float(spec.alpha), float(spec.dropout)
-        spec.gradient_init_scale, spec.gradient_at = float(spec.gradient_init_scale), float(spec.gradient_at)
-        return spec
+            raise RankhouseError(f"lora.{unknown[0]}: unknown key; expected one of {', '.join(LORA)}")
+        return cls(**cfg)
 
 
 def fan(module: nn.Module) -> tuple[int, int]:
@@ -228,8 +212,6 @@ def resolve_ranks(model: nn.Module, spec: LoraSpec, exclude: list[str] = (),
     for n in targeted:
         for pattern, r in spec.layer_ranks.items():
             if fnmatch.fnmatchcase(n, pattern):
-                if r < 0:
-                    raise RankhouseError(f"lora.layer_ranks.{pattern}: rank {r}; expected an integer >= 0")
                 ranks[n] = r
                 break
     ranks = {n: r for n, r in ranks.items() if r > 0}
