@@ -75,8 +75,8 @@ def tune_alone_trial(sampled: dict, base: dict, paths: dict) -> None:
 
     import ray.tune
 
-    # trainables.trial.merge, written out: importing that module (torch, previews, MLflow's
-    # helpers) would add the platform's imports to the arm it is measured against
+    # platform.spaces.TrialConfigs, written out: importing the platform (torch, PEFT, MLflow's
+    # helpers) would add its imports to the arm it is measured against
     cfg = copy.deepcopy(base)
     for key, value in sampled.items():
         node = cfg

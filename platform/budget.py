@@ -19,6 +19,7 @@ with that reason. The same gate runs without a budget (``budget=None``) when a s
 from __future__ import annotations
 
 import copy
+import json
 
 from platform.searcher import BestEpochOptunaSearch
 from trainables.errors import RankhouseError
@@ -28,24 +29,23 @@ MAX_CONSECUTIVE_REJECTIONS = 50
 
 
 class ParameterCounter:
-    """Trainable parameters of a trial config, on the base built once (lazily) in the driver.
+    """Trainable parameters of a trial's config, on its base built once (lazily) in the driver.
     The base is dropped from pickles: Tune saves the searcher in its experiment state."""
 
-    def __init__(self, config: dict, paths: dict[str, list[str]]):
-        self.config, self.paths = config, paths
-        self._setup = None
+    def __init__(self):
+        self._setup, self._model = None, None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_setup": None}
+        return {**self.__dict__, "_setup": None, "_model": None}
 
-    def __call__(self, sampled: dict) -> int:
+    def __call__(self, config: dict) -> int:
         from trainables import lora, loop
-        from trainables.trial import merge
 
-        if self._setup is None:
-            self._setup = loop.base_model(self.config)
+        model_section = json.dumps(config["model"], sort_keys=True, default=str)
+        if self._setup is None or self._model != model_section:  # a search may sample the model section
+            self._setup, self._model = loop.base_model(config), model_section
         s = self._setup
-        spec = lora.LoraSpec.from_config(merge(self.config, sampled, self.paths)["lora"])
+        spec = lora.LoraSpec.from_config(config["lora"])
         model, _ = s.family.apply_lora(copy.deepcopy(s.model), spec, s.modules_to_save)
         if spec.rank_mode == "gradient":  # its warm-up is wider; what it keeps is at most rank everywhere
             from trainables import realloc
@@ -65,16 +65,16 @@ class BudgetedOptunaSearch(BestEpochOptunaSearch):
 
         smallest = None
         for _ in range(MAX_CONSECUTIVE_REJECTIONS):
-            config = super().suggest(trial_id)
-            if not isinstance(config, dict):  # Searcher.FINISHED or None
-                return config
+            trial = super().suggest(trial_id)
+            if not isinstance(trial, dict):  # Searcher.FINISHED or None
+                return trial
             try:
-                count = self.counter(config)
+                count = self.counter(trial["config"])
             except Exception as exc:  # one unbuildable sample must not end the search
                 count, reason = None, f"cannot be built: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             else:
                 if self.budget is None or count <= self.budget:
-                    return config
+                    return trial
                 smallest = count if smallest is None else min(smallest, count)
                 reason = f"{count} trainable parameters > budget.max_trainable_params = {self.budget}"
             ot_trial = self._ot_trials.pop(trial_id)

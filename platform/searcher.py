@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import queue
 import threading
+from typing import Callable
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
@@ -57,12 +58,15 @@ def sampler(search: dict) -> optuna.samplers.BaseSampler:
 
 
 class BestEpochOptunaSearch(OptunaSearch):
-    def __init__(self, *args, record: str | None = None, **kwargs):
+    def __init__(self, *args, record: str | None = None, configs: Callable[[dict], dict] | None = None, **kwargs):
         """``record``: the storage URL (SQLite) of the study that keeps every finished trial,
-        under the searcher's ``study_name``; the sampler's own study stays in memory."""
+        under the searcher's ``study_name``; the sampler's own study stays in memory.
+        ``configs`` (``spaces.TrialConfigs``) turns a sample into what the trial gets; None:
+        the sampled values as Optuna names them (the sampler tested alone)."""
         if kwargs.get("storage") is not None:
             raise ValueError("BestEpochOptunaSearch keeps its study in memory; give the SQLite URL as record=")
         super().__init__(*args, **kwargs)
+        self._configs = configs
         self._best_reports: dict[str, dict] = {}
         self._record_url = record
         self._writer: _RecordWriter | None = None  # started on the first finished trial
@@ -71,6 +75,10 @@ class BestEpochOptunaSearch(OptunaSearch):
     def _primary(self) -> tuple[str, str]:
         metric, mode = self._metric, self._mode
         return (metric[0], mode[0]) if isinstance(metric, list) else (metric, mode)
+
+    def suggest(self, trial_id: str):
+        sampled = super().suggest(trial_id)
+        return self._configs(sampled) if self._configs is not None and isinstance(sampled, dict) else sampled
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         metric, mode = self._primary

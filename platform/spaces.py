@@ -13,6 +13,7 @@ is sampled define-by-run through Optuna, so a parameter can depend on another (`
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,13 +285,25 @@ def _check_rank_modes(file: Path, config: dict, params: dict[str, Param]) -> Non
                                  f"(it is {config['lora']['rank_mode']})")
 
 
-def trial_config(study: Study, sampled: dict[str, Any]) -> dict:
-    """The full config of one trial: the fixed values with the sampled ones set (keys as in the file)."""
-    from trainables.trial import merge
+class TrialConfigs:
+    """A sample -> what a trial gets: ``{"config": the trial's whole config, "sampled": the sampled
+    values by key}``. The config is the study's fixed one (paths resolved by the preflight) with
+    each sampled value set where its key points, nested as in the file: the one place a sampled
+    key's path is followed, in the driver. Picklable: Tune saves the searcher, and this with it."""
 
-    config = merge(study.config, sampled, {p.key: p.path for p in study.params})
-    config.pop("search", None)
-    return config
+    def __init__(self, fixed: dict, params: list[Param]):
+        self.fixed = {k: v for k, v in fixed.items() if k != "search"}
+        self.paths = {p.key: p.path for p in params}
+
+    def __call__(self, sampled: dict[str, Any]) -> dict:
+        config = copy.deepcopy(self.fixed)
+        for key, value in sampled.items():
+            *sections, name = self.paths[key]
+            node = config
+            for part in sections:
+                node = node.setdefault(part, {})
+            node[name] = value
+        return {"config": config, "sampled": dict(sampled)}
 
 
 class DefineByRun:

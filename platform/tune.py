@@ -97,6 +97,7 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
                         autoscaling=bool(os.environ.get("RAY_ADDRESS")))
     optuna_args = dict(
         space=spaces.DefineByRun(study.params),
+        configs=spaces.TrialConfigs(prepared.config, study.params),
         # several objectives: Optuna's multi-objective TPE over all of them (a Pareto front)
         metric=[m for m, _ in objs] if len(objs) > 1 else metric,
         mode=[d for _, d in objs] if len(objs) > 1 else mode,
@@ -110,16 +111,13 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
     else:  # over-budget (or unbuildable) samples are rejected in the driver and never become trials
         from platform.budget import BudgetedOptunaSearch, ParameterCounter
 
-        counter = ParameterCounter(prepared.config, {p.key: list(p.path) for p in study.params})
-        searcher = BudgetedOptunaSearch(**optuna_args, budget=budget, counter=counter)
+        searcher = BudgetedOptunaSearch(**optuna_args, budget=budget, counter=ParameterCounter())
     sch = s["scheduler"]
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg["train"]["epochs"],
                                grace_period=sch["grace_period"], reduction_factor=sch["reduction_factor"])
                  if sch["type"] == "asha" else FIFOScheduler())
     payload = {
         "name": study.name,
-        "config": {k: v for k, v in prepared.config.items() if k != "search"},
-        "paths": {p.key: list(p.path) for p in study.params},
         "tracking": {"uri": uri, "experiment_id": exp_id, "parent_id": parent_id},
         "storage_path": storage_root(study, out),
         "train_fn": train,

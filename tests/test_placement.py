@@ -133,14 +133,13 @@ def test_a_sample_with_every_group_off_is_rejected_without_a_budget(tmp_path, ma
             "lora.placement.transformer": ["lora", "placement", "transformer"]}
     params = [spaces.Param(tuple(path), key, "choice", {"values": [True, False]}, {}) for key, path in keys.items()]
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    searcher = BudgetedOptunaSearch(space=spaces.DefineByRun(params), metric="valid/sdr", mode="max",
+    searcher = BudgetedOptunaSearch(space=spaces.DefineByRun(params), configs=spaces.TrialConfigs(config, params),
+                                    metric="valid/sdr", mode="max",
                                     sampler=optuna.samplers.GridSampler({k: [True, False] for k in keys}, seed=0),
-                                    study_name="placed", record=storage, budget=None,
-                                    counter=ParameterCounter(config, keys))
+                                    study_name="placed", record=storage, budget=None, counter=ParameterCounter())
     returned = []
     for i in range(3):
-        sampled = searcher.suggest(f"t{i}")
-        returned.append(sampled)
+        returned.append(searcher.suggest(f"t{i}")["sampled"])
         searcher.on_trial_complete(f"t{i}", result={"valid/sdr": 1.0, "training_iteration": 1})
     assert {"lora.placement.tencoder": False, "lora.placement.transformer": False} not in returned
     assert len({tuple(sorted(r.items())) for r in returned}) == 3  # the three buildable cells of the grid

@@ -377,12 +377,14 @@ def test_define_by_run_int_and_log_distributions(tmp_path):
 
 # --- trial config ----------------------------------------------------------------------------------
 
-def test_trial_config_sets_nested_paths():
+def test_a_sample_reaches_the_trial_nested_where_its_key_belongs():
     study = spaces.load(TECHHOUSE)
     before = copy.deepcopy(study.config)
-    cfg = spaces.trial_config(study, {'lora.layer_ranks."encoder.*"': 4, 'lora.layer_ranks."tdecoder.*"': 0,
-                                      "lora.rank": 16, "optim.lr": 1e-3, "optim.schedule": "linear",
-                                      "optim.warmup": 0.1})
+    sampled = {'lora.layer_ranks."encoder.*"': 4, 'lora.layer_ranks."tdecoder.*"': 0, "lora.rank": 16,
+               "optim.lr": 1e-3, "optim.schedule": "linear", "optim.warmup": 0.1}
+    trial = spaces.TrialConfigs(study.config, study.params)(sampled)
+    assert trial["sampled"] == sampled  # as Optuna, Tune's table and MLflow name them
+    cfg = trial["config"]
     assert cfg["lora"]["layer_ranks"] == {"encoder.*": 4, "tdecoder.*": 0}
     assert cfg["lora"]["rank"] == 16 and cfg["lora"]["alpha"] == 16.0
     assert cfg["optim"] == {**before["optim"], "lr": 1e-3, "schedule": "linear", "warmup": 0.1}

@@ -17,7 +17,6 @@ runs in Ray workers, so it lives in ``trainables`` (never ``platform``).
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import tempfile
@@ -44,17 +43,6 @@ def pin_threads(resources: dict) -> None:
     torch.set_num_threads(max(1, round(float(resources["cpus_per_worker"]))))
 
 
-def merge(config: dict, sampled: dict, paths: dict[str, list[str]]) -> dict:
-    out = copy.deepcopy(config)
-    for key, value in sampled.items():
-        node = out
-        path = paths[key]
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return out
-
-
 def executor(resources: dict) -> str:
     chosen = resources.get("executor", "auto")
     if chosen == "auto":
@@ -70,13 +58,14 @@ def trial_resources(resources: dict, trial_function_cpu: float) -> dict:
     return {"cpu": trial_function_cpu}
 
 
-def run_trial(sampled: dict, study: dict) -> None:
-    """Tune function trainable: one trial for the sampled configuration."""
+def run_trial(trial: dict, study: dict) -> None:
+    """Tune function trainable: one trial. ``trial`` is what the searcher made of a sample
+    (``platform.spaces.TrialConfigs``): the trial's whole ``config`` and the ``sampled`` values."""
     import ray.train
     import ray.tune
 
     ctx = ray.tune.get_context()
-    cfg = merge(study["config"], sampled, study["paths"])
+    cfg, sampled = trial["config"], trial["sampled"]
     t = study["tracking"]
     mlflow = tracking.client(t["uri"])
     run_id, found = tracking.child_run(mlflow, t["experiment_id"], t["parent_id"], study["name"],
