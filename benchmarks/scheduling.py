@@ -75,7 +75,7 @@ def tune_alone_trial(sampled: dict, base: dict, paths: dict) -> None:
 
     import ray.tune
 
-    # platform.spaces.TrialConfigs, written out: importing the platform (torch, PEFT, MLflow's
+    # platform.spaces.SampleToConfig, written out: importing the platform (torch, PEFT, MLflow's
     # helpers) would add its imports to the arm it is measured against
     cfg = copy.deepcopy(base)
     for key, value in sampled.items():

@@ -29,18 +29,21 @@ MAX_CONSECUTIVE_REJECTIONS = 50
 
 
 class ParameterCounter:
-    """Trainable parameters of a trial's config, on its base built once (lazily) in the driver.
-    The base is dropped from pickles: Tune saves the searcher in its experiment state."""
+    """Trainable parameters of a trial: the study's fixed config with the trial's nested sample
+    laid over it, on its base built once (lazily) in the driver. The base is dropped from
+    pickles: Tune saves the searcher in its experiment state."""
 
-    def __init__(self):
+    def __init__(self, config: dict):
+        self.config = config
         self._setup, self._model = None, None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_setup": None, "_model": None}
 
-    def __call__(self, config: dict) -> int:
-        from trainables import lora, loop
+    def __call__(self, sample: dict) -> int:
+        from trainables import lora, loop, schema
 
+        config = schema.overlay(self.config, sample)
         model_section = json.dumps(config["model"], sort_keys=True, default=str)
         if self._setup is None or self._model != model_section:  # a search may sample the model section
             self._setup, self._model = loop.base_model(config), model_section
@@ -69,7 +72,7 @@ class BudgetedOptunaSearch(BestEpochOptunaSearch):
             if not isinstance(trial, dict):  # Searcher.FINISHED or None
                 return trial
             try:
-                count = self.counter(trial["config"])
+                count = self.counter(trial)
             except Exception as exc:  # one unbuildable sample must not end the search
                 count, reason = None, f"cannot be built: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             else:

@@ -61,8 +61,9 @@ class BestEpochOptunaSearch(OptunaSearch):
     def __init__(self, *args, record: str | None = None, configs: Callable[[dict], dict] | None = None, **kwargs):
         """``record``: the storage URL (SQLite) of the study that keeps every finished trial,
         under the searcher's ``study_name``; the sampler's own study stays in memory.
-        ``configs`` (``spaces.TrialConfigs``) turns a sample into what the trial gets; None:
-        the sampled values as Optuna names them (the sampler tested alone)."""
+        ``configs`` (``spaces.SampleToConfig``) nests a sample into the config sections it
+        belongs in, which is what Tune and the trial get; None: the sampled values as Optuna
+        names them (the sampler tested alone)."""
         if kwargs.get("storage") is not None:
             raise ValueError("BestEpochOptunaSearch keeps its study in memory; give the SQLite URL as record=")
         super().__init__(*args, **kwargs)

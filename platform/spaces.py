@@ -13,7 +13,6 @@ is sampled define-by-run through Optuna, so a parameter can depend on another (`
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,13 +66,13 @@ def split_key(key: str) -> tuple[str, ...]:
 
 
 def study_schema(file: Path, raw: dict) -> tuple[schema.Schema, Task]:
-    """The schema of a study: the generic sections with its family's task's own keys."""
+    """The schema of a study: the generic sections with its family's and its task's own keys."""
     model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
     try:
-        task = get_family(str(model.get("family") or DEFAULT_FAMILY)).task
+        family = get_family(str(model.get("family") or DEFAULT_FAMILY))
     except RankhouseError as exc:
         raise RankhouseError(f"{file}: {exc}") from None
-    return schema.for_task(task), task
+    return schema.for_family(family), family.task
 
 
 def _compose(file: Path, overrides: list[str]) -> dict:
@@ -285,25 +284,36 @@ def _check_rank_modes(file: Path, config: dict, params: dict[str, Param]) -> Non
                                  f"(it is {config['lora']['rank_mode']})")
 
 
-class TrialConfigs:
-    """A sample -> what a trial gets: ``{"config": the trial's whole config, "sampled": the sampled
-    values by key}``. The config is the study's fixed one (paths resolved by the preflight) with
-    each sampled value set where its key points, nested as in the file: the one place a sampled
-    key's path is followed, in the driver. Picklable: Tune saves the searcher, and this with it."""
+class SampleToConfig:
+    """A sample, as Optuna names its values (``{'lora.layer_ranks."encoder.*"': 8}``) -> the config
+    sections they belong in (``{"lora": {"layer_ranks": {"encoder.*": 8}}}``): what Tune shows and
+    what the trial lays over the study's fixed config (``schema.overlay``). The one place a key's
+    path is followed, in the driver. Picklable: Tune saves the searcher, and this with it."""
 
-    def __init__(self, fixed: dict, params: list[Param]):
-        self.fixed = {k: v for k, v in fixed.items() if k != "search"}
+    def __init__(self, params: list[Param]):
         self.paths = {p.key: p.path for p in params}
 
     def __call__(self, sampled: dict[str, Any]) -> dict:
-        config = copy.deepcopy(self.fixed)
+        nested: dict = {}
         for key, value in sampled.items():
             *sections, name = self.paths[key]
-            node = config
+            node = nested
             for part in sections:
                 node = node.setdefault(part, {})
             node[name] = value
-        return {"config": config, "sampled": dict(sampled)}
+        return nested
+
+
+def sampled_values(params: list[Param], nested: dict) -> dict[str, Any]:
+    """The sampled values of a trial's nested sample, by the names Optuna gave them (for tables)."""
+    out = {}
+    for p in params:
+        node: Any = nested
+        for part in p.path:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if node != {}:
+            out[p.key] = node
+    return out
 
 
 class DefineByRun:

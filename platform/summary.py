@@ -11,7 +11,7 @@ from trainables import objective, tags, tracking
 def summarize(study: spaces.Study, results, prepared, uri: str, experiment: str, exp_id: str, parent_id: str) -> dict:
     """One row per trial from MLflow (the record users browse), with the configs Tune sampled."""
     mlflow = tracking.client(uri)
-    configs = {Path(r.path).name.removeprefix("trial_"): dict(r.config.get("sampled", {})) for r in results}
+    configs = {Path(r.path).name.removeprefix("trial_"): spaces.sampled_values(study.params, r.config) for r in results}
     metric, mode = study.config["objective"]["metric"], study.config["objective"]["mode"]
     objs = spaces.objectives(study.config)
     status_names = {"KILLED": "STOPPED"}

@@ -97,7 +97,7 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
                         autoscaling=bool(os.environ.get("RAY_ADDRESS")))
     optuna_args = dict(
         space=spaces.DefineByRun(study.params),
-        configs=spaces.TrialConfigs(prepared.config, study.params),
+        configs=spaces.SampleToConfig(study.params),
         # several objectives: Optuna's multi-objective TPE over all of them (a Pareto front)
         metric=[m for m, _ in objs] if len(objs) > 1 else metric,
         mode=[d for _, d in objs] if len(objs) > 1 else mode,
@@ -111,13 +111,14 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
     else:  # over-budget (or unbuildable) samples are rejected in the driver and never become trials
         from platform.budget import BudgetedOptunaSearch, ParameterCounter
 
-        searcher = BudgetedOptunaSearch(**optuna_args, budget=budget, counter=ParameterCounter())
+        searcher = BudgetedOptunaSearch(**optuna_args, budget=budget, counter=ParameterCounter(prepared.config))
     sch = s["scheduler"]
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg["train"]["epochs"],
                                grace_period=sch["grace_period"], reduction_factor=sch["reduction_factor"])
                  if sch["type"] == "asha" else FIFOScheduler())
     payload = {
         "name": study.name,
+        "config": {k: v for k, v in prepared.config.items() if k != "search"},  # each trial's sample goes over it
         "tracking": {"uri": uri, "experiment_id": exp_id, "parent_id": parent_id},
         "storage_path": storage_root(study, out),
         "train_fn": train,

@@ -38,25 +38,20 @@ def count(config: dict, rank: int) -> int:
     return lora.trainable_parameters(model)
 
 
-def with_lora(config: dict, **values) -> dict:
-    """A trial's config: ``config`` with these lora values."""
-    return {**config, "lora": {**config["lora"], **values}}
-
-
 def searcher(config: dict, budget: int, storage: str, values=(2, 8), sampler=None) -> BudgetedOptunaSearch:
     params = [spaces.Param(("lora", "rank"), "lora.rank", "choice", {"values": list(values)}, {})]
-    return BudgetedOptunaSearch(space=spaces.DefineByRun(params), configs=spaces.TrialConfigs(config, params),
+    return BudgetedOptunaSearch(space=spaces.DefineByRun(params), configs=spaces.SampleToConfig(params),
                                 metric="valid/sdr", mode="max",
                                 sampler=sampler or optuna.samplers.RandomSampler(seed=0), study_name="budget",
-                                record=storage, budget=budget, counter=ParameterCounter())
+                                record=storage, budget=budget, counter=ParameterCounter(config))
 
 
 def test_the_count_is_the_trials_own_including_the_new_heads(config):
-    counter = ParameterCounter()
+    counter = ParameterCounter(config)
     setup = loop.base_model(config)
     heads = sum(p.numel() for h in setup.modules_to_save for p in dict(setup.model.named_modules())[h].parameters())
-    assert heads > 0 and counter(with_lora(config, rank=4)) == count(config, 4) > heads
-    assert counter(with_lora(config, rank=8)) > counter(with_lora(config, rank=4))
+    assert heads > 0 and counter({"lora": {"rank": 4}}) == count(config, 4) > heads
+    assert counter({"lora": {"rank": 8}}) > counter({"lora": {"rank": 4}})
 
 
 def test_over_budget_samples_are_pruned_in_optuna_and_never_returned(config, tmp_path):
@@ -64,9 +59,8 @@ def test_over_budget_samples_are_pruned_in_optuna_and_never_returned(config, tmp
     budget = (count(config, 2) + count(config, 8)) // 2
     s = searcher(config, budget, storage)
     for i in range(4):
-        trial = s.suggest(f"t{i}")
-        assert trial["sampled"] == {"lora.rank": 2}  # every configuration Tune receives fits
-        assert trial["config"]["lora"] == {**config["lora"], "rank": 2}  # nested where the key belongs
+        sample = s.suggest(f"t{i}")
+        assert sample == {"lora": {"rank": 2}}  # every configuration Tune receives fits, nested where it belongs
         s.on_trial_complete(f"t{i}", result={"valid/sdr": 1.0, "training_iteration": 1})
     s.flush()  # the record is written on a thread of its own
     trials = optuna.load_study(study_name="budget", storage=storage).get_trials()
@@ -89,7 +83,7 @@ def test_with_tpe_rejections_are_ignored_and_every_trial_fits(config, tmp_path):
     s = searcher(config, budget, storage, values=tuple(range(1, 9)),
                  sampler=optuna.samplers.TPESampler(seed=0, multivariate=True, n_startup_trials=3))
     for i in range(8):
-        rank = s.suggest(f"t{i}")["sampled"]["lora.rank"]
+        rank = s.suggest(f"t{i}")["lora"]["rank"]
         assert rank <= 4
         s.on_trial_complete(f"t{i}", result={"valid/sdr": float(rank), "training_iteration": 1})
     s.flush()
@@ -107,7 +101,7 @@ def test_the_searcher_saves_and_restores_for_resume(config, tmp_path):
     restored = searcher(config, budget, storage)
     restored.restore(str(tmp_path / "searcher.pkl"))
     restored.on_trial_complete("t0", result={"valid/sdr": 1.0, "training_iteration": 1})  # the saved trial
-    assert restored.suggest("t1")["sampled"] == {"lora.rank": 2} and restored.budget == budget
+    assert restored.suggest("t1") == {"lora": {"rank": 2}} and restored.budget == budget
 
 
 def test_the_count_matches_lora_arithmetic_on_a_roformer(tmp_path):
@@ -122,12 +116,12 @@ def test_the_count_matches_lora_arithmetic_on_a_roformer(tmp_path):
     bs_roformer.save_checkpoint(model, path, "bs_roformer", TINY["bs_roformer"], SOURCES, SR, 1.0)
     cfg = {"model": {"family": "bs_roformer", "base": str(path), "sources": ["kick", *SOURCES[1:]],
                      "parents": {"kick": "drums"}}, "data": {}, "lora": {"rank": 4, "alpha": 8.0}}
-    counter = ParameterCounter()
+    counter = ParameterCounter(cfg)
     ranks = lora.resolve_ranks(model, lora.LoraSpec(rank=4), default_targets=bs_roformer.BSRoformerFamily.default_targets)
     modules = dict(model.named_modules())
     expected = sum(r * sum(lora.fan(modules[n])) for n, r in ranks.items()) + \
         sum(p.numel() for p in model.mask_estimators[0].parameters())
-    assert counter(with_lora(cfg, rank=4)) == expected
+    assert counter({"lora": {"rank": 4}}) == expected
 
 
 def test_a_budget_nothing_fits_stops_with_the_smallest_count(config, tmp_path):
@@ -140,11 +134,11 @@ def test_a_budget_nothing_fits_stops_with_the_smallest_count(config, tmp_path):
 def test_the_counter_pickles_without_its_model(config):
     import pickle
 
-    counter = ParameterCounter()
-    counter(with_lora(config, rank=2))
+    counter = ParameterCounter(config)
+    counter({"lora": {"rank": 2}})
     assert counter._setup is not None
     clone = pickle.loads(pickle.dumps(counter))
-    assert clone._setup is None and clone(with_lora(config, rank=2)) == counter(with_lora(config, rank=2))
+    assert clone._setup is None and clone({"lora": {"rank": 2}}) == counter({"lora": {"rank": 2}})
 
 
 def test_budget_key_is_checked(tmp_path):
@@ -168,10 +162,10 @@ def test_a_search_never_starts_a_trial_for_a_rejected_sample(tmp_path):
         "search.num_samples=4", "search.max_concurrent=1", "search.scheduler.type=fifo", "train.epochs=1",
         "resources.cpus_per_worker=1.0", f"data.root={tmp_path}", f"tracking.output={tmp_path / 'out'}"])
     prepared = scheduling.synthetic_prepared(study, epoch_ms=10.0)
-    count_of, configs = ParameterCounter(), spaces.TrialConfigs(prepared.config, study.params)
+    count_of, nest = ParameterCounter(prepared.config), spaces.SampleToConfig(study.params)
     fixed = {p.key: min(p.spec["values"]) for p in study.params if p.type == "choice" and p.key.startswith("lora.")}
     widest = {p.key: max(p.spec["values"]) for p in study.params if p.type == "choice" and p.key.startswith("lora.")}
-    small, large = count_of(configs(fixed)["config"]), count_of(configs(widest)["config"])
+    small, large = count_of(nest(fixed)), count_of(nest(widest))
     budget = small + (large - small) // 4  # the lower quarter of the range fits
     study.config["budget"]["max_trainable_params"] = budget
     out = study_runs.output_dir(study)
@@ -191,8 +185,8 @@ def test_a_search_never_starts_a_trial_for_a_rejected_sample(tmp_path):
     client = tracking.client(uri)
     runs = list(tracking.children(client, exp_id, parent_id))
     assert len(runs) == 4  # a child run per trial that ran, none for a rejected sample
-    ran = [r.config["sampled"] for r in results]
+    ran = [spaces.sampled_values(study.params, r.config) for r in results]
     for row in rows:
         assert row["trainable_params"] > budget and row["params"] not in ran
     for r in results:
-        assert count_of(r.config["config"]) <= budget
+        assert count_of(r.config) <= budget

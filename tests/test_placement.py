@@ -133,13 +133,13 @@ def test_a_sample_with_every_group_off_is_rejected_without_a_budget(tmp_path, ma
             "lora.placement.transformer": ["lora", "placement", "transformer"]}
     params = [spaces.Param(tuple(path), key, "choice", {"values": [True, False]}, {}) for key, path in keys.items()]
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    searcher = BudgetedOptunaSearch(space=spaces.DefineByRun(params), configs=spaces.TrialConfigs(config, params),
+    searcher = BudgetedOptunaSearch(space=spaces.DefineByRun(params), configs=spaces.SampleToConfig(params),
                                     metric="valid/sdr", mode="max",
                                     sampler=optuna.samplers.GridSampler({k: [True, False] for k in keys}, seed=0),
-                                    study_name="placed", record=storage, budget=None, counter=ParameterCounter())
+                                    study_name="placed", record=storage, budget=None, counter=ParameterCounter(config))
     returned = []
     for i in range(3):
-        returned.append(searcher.suggest(f"t{i}")["sampled"])
+        returned.append(spaces.sampled_values(params, searcher.suggest(f"t{i}")))
         searcher.on_trial_complete(f"t{i}", result={"valid/sdr": 1.0, "training_iteration": 1})
     assert {"lora.placement.tencoder": False, "lora.placement.transformer": False} not in returned
     assert len({tuple(sorted(r.items())) for r in returned}) == 3  # the three buildable cells of the grid

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from platform import report, study_runs
+from platform import report, spaces, study_runs
 from platform.summary import summarize
 from trainables import tags, tracking
 
@@ -37,8 +37,10 @@ def store(tmp_path):
             tracking.log_metrics(client, run_id, {"valid/sdr": sdr, "valid/sdr/kick": sdr + 1}, step=epoch)
         client.set_tag(run_id, "rankhouse.best_epoch", "1")
         client.set_terminated(run_id, status="FINISHED" if len(sdrs) == 2 else "KILLED", end_time=end)
-        results.append(SimpleNamespace(path=f"/ray/{STUDY}/trial_{tid}", config={"lora.rank": params // 1500}))
-    study = SimpleNamespace(name=STUDY, config={"objective": {"metric": "valid/sdr", "mode": "max"}})
+        # what Tune holds of a trial: its sample, nested in the config sections it belongs in
+        results.append(SimpleNamespace(path=f"/ray/{STUDY}/trial_{tid}", config={"lora": {"rank": params // 1500}}))
+    study = SimpleNamespace(name=STUDY, config={"objective": {"metric": "valid/sdr", "mode": "max"}},
+                            params=[spaces.Param(("lora", "rank"), "lora.rank", "choice", {"values": [1, 2]}, {})])
     prepared = SimpleNamespace(base_identity={"name": "tiny", "sha256": "0" * 64}, base_metrics={"valid/sdr": 0.8})
     summary = summarize(study, results, prepared, uri, STUDY, exp, parent)
     return uri, client, parent, summary

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from platform import spaces
+from trainables import schema
 from trainables.errors import RankhouseError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -382,9 +383,10 @@ def test_a_sample_reaches_the_trial_nested_where_its_key_belongs():
     before = copy.deepcopy(study.config)
     sampled = {'lora.layer_ranks."encoder.*"': 4, 'lora.layer_ranks."tdecoder.*"': 0, "lora.rank": 16,
                "optim.lr": 1e-3, "optim.schedule": "linear", "optim.warmup": 0.1}
-    trial = spaces.TrialConfigs(study.config, study.params)(sampled)
-    assert trial["sampled"] == sampled  # as Optuna, Tune's table and MLflow name them
-    cfg = trial["config"]
+    nested = spaces.SampleToConfig(study.params)(sampled)
+    assert nested["lora"]["layer_ranks"] == {"encoder.*": 4, "tdecoder.*": 0}  # what Tune shows
+    assert spaces.sampled_values(study.params, nested) == sampled  # named as Optuna and MLflow name them
+    cfg = schema.overlay({k: v for k, v in study.config.items() if k != "search"}, nested)
     assert cfg["lora"]["layer_ranks"] == {"encoder.*": 4, "tdecoder.*": 0}
     assert cfg["lora"]["rank"] == 16 and cfg["lora"]["alpha"] == 16.0
     assert cfg["optim"] == {**before["optim"], "lr": 1e-3, "schedule": "linear", "warmup": 0.1}

@@ -4,8 +4,8 @@ range and one line of documentation.
 Validation (``platform.spaces``), the defaults a trial runs with (``complete``: the loop, the
 base trainer), ``LoraSpec`` and the generated reference (``docs/config.md``, from ``markdown``)
 all read this one declaration. A task adds its own keys (``Task.options``, e.g. separation's
-``model.sources``), so a family of a new kind declares what it needs without editing
-``platform/``. Lives in ``trainables`` because trials run it on Ray workers.
+``model.sources``) and a family its own (``Family.options``), so a family of a new kind
+declares what it needs without editing ``platform/``. Lives in ``trainables`` because trials run it on Ray workers.
 """
 
 from __future__ import annotations
@@ -193,9 +193,22 @@ def merged(*schemas: Schema) -> Schema:
     return out
 
 
-def for_task(task) -> Schema:
-    """The schema of a study whose family does ``task``."""
-    return merged(SCHEMA, task.options)
+def overlay(base: dict, top: dict) -> dict:
+    """``base`` with ``top`` laid over it section by section: a trial's sampled values (nested as
+    in the file) over the study's fixed config. A mapping's new keys come after its own, in
+    ``top``'s order (``layer_ranks``: the first matching pattern wins)."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = overlay(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def for_family(family) -> Schema:
+    """The schema of a study of ``family``: the generic keys, its task's and its own."""
+    return merged(SCHEMA, family.task.options, family.options)
 
 
 def lookup(schema: Schema, path: tuple[str, ...]) -> Key | Schema | None:
@@ -324,6 +337,9 @@ def reference() -> str:
                 f"Objectives: any metric the task reports; default `{task.default_objective}`. "
                 f"Promotion scores `{task.score}` ({task.score_metric.doc}), in {task.score_metric.unit or 'units'}.",
                 "", *markdown(task.options)]
+        for name in families:
+            if get_family(name).options:
+                out += [f"### The {name} family's own keys", "", *markdown(get_family(name).options)]
     return "\n".join(out).rstrip() + "\n"
 
 

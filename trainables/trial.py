@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from trainables import checkpoint, objective, tags, tracking
+from trainables import checkpoint, objective, schema, tags, tracking
 from trainables.errors import TrialFailed
 
 # ``trainables.loop`` (PEFT, which imports transformers: ~5 s) is imported where a trial trains,
@@ -58,14 +58,15 @@ def trial_resources(resources: dict, trial_function_cpu: float) -> dict:
     return {"cpu": trial_function_cpu}
 
 
-def run_trial(trial: dict, study: dict) -> None:
-    """Tune function trainable: one trial. ``trial`` is what the searcher made of a sample
-    (``platform.spaces.TrialConfigs``): the trial's whole ``config`` and the ``sampled`` values."""
+def run_trial(sample: dict, study: dict) -> None:
+    """Tune function trainable: one trial. ``sample`` is the searcher's, nested in the config
+    sections it belongs in (``platform.spaces.SampleToConfig``); the trial's config is the
+    study's fixed one with the sample laid over it."""
     import ray.train
     import ray.tune
 
     ctx = ray.tune.get_context()
-    cfg, sampled = trial["config"], trial["sampled"]
+    cfg = schema.overlay(study["config"], sample)
     t = study["tracking"]
     mlflow = tracking.client(t["uri"])
     run_id, found = tracking.child_run(mlflow, t["experiment_id"], t["parent_id"], study["name"],
@@ -75,7 +76,7 @@ def run_trial(trial: dict, study: dict) -> None:
         # the trial is complete (MLflow has every epoch and its adapter); nothing is trained again
         return
     tracking.log_params(mlflow, run_id, {**tracking.flatten({k: v for k, v in cfg.items() if k != "data"}),
-                                         **{f"sampled.{k}": v for k, v in sampled.items()}})
+                                         **{f"sampled.{k}": v for k, v in tracking.flatten(sample).items()}})
     # a run found again (a retry or a resumed study) may hold epochs already: the loop reads them.
     # Ray Train retries its workers with this same config, so only a direct trial's run is known new
     direct = executor(cfg["resources"]) == "direct"
