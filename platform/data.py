@@ -3,6 +3,9 @@
     python -m platform.data render --preset techhouse --songs 40 --seconds 30 --out data/techhouse --seed 0
     python -m platform.data check data/techhouse --sources kick,hihat,bass,other,vocals
     python -m platform.data cache data/techhouse --sources kick,hihat,bass,other,vocals --samplerate 22050
+
+``check SPACE.yaml [overrides]`` checks a study's data the way its search's preflight does, by
+its family's task, whatever the task (a separator's stems, a classifier's features, ...).
 """
 
 from __future__ import annotations
@@ -44,6 +47,17 @@ def parse_sources(text: str):
     return normalize_sources(out)
 
 
+def check_space(file: Path, overrides: list[str]) -> int:
+    """A study's data, checked by its family's task as the search's preflight checks it."""
+    from platform import preflight, spaces
+
+    study = spaces.load(file, overrides)
+    cfg = preflight.resolve_data(study)
+    study.task.check(cfg, Progress)  # raises one line naming the file and the fix
+    print(f"{cfg['data']['root']}: no errors ({study.task.name} data of study {study.name})")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m platform.data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,9 +69,10 @@ def main(argv: list[str]) -> int:
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--valid", type=int, default=None, help="songs in the valid split (default: a fifth)")
-    c = sub.add_parser("check", help="check a stem dataset; exit 1 on errors")
-    c.add_argument("root", type=Path)
-    c.add_argument("--sources", required=True, help="kick,hihat,bass,other,vocals or drums=kick+hihat,bass,...")
+    c = sub.add_parser("check", help="check a stem dataset, or a search space's data by its task; exit 1 on errors")
+    c.add_argument("root", type=Path, help="a stem dataset folder, or a search-space YAML file")
+    c.add_argument("overrides", nargs="*", help="with a search-space file: Hydra overrides, as for platform.tune")
+    c.add_argument("--sources", help="kick,hihat,bass,other,vocals or drums=kick+hihat,bass,... (a folder only)")
     c.add_argument("--segment", type=float, default=None, help="training segment in seconds")
     c.add_argument("--tolerance-db", type=float, default=30.0,
                    help="mixture - sum of stems must be this many dB below the mixture (default 30)")
@@ -72,6 +87,13 @@ def main(argv: list[str]) -> int:
                                    progress=Progress(f"render {args.preset}"))
         print(f"corpus: {out}")
         return 0
+    if args.command == "check" and args.root.suffix in (".yaml", ".yml"):
+        return check_space(args.root, args.overrides)
+    if not args.sources:
+        raise RankhouseError(f"{args.root}: --sources is required for a dataset folder (e.g. "
+                             "--sources kick,hihat,bass,other,vocals), or pass a search-space file")
+    if args.command == "check" and args.overrides:
+        raise RankhouseError(f"{args.overrides[0]}: overrides go with a search-space file, not a dataset folder")
     sources = parse_sources(args.sources)
     if args.command == "check":
         problems = check.check_dataset(args.root, sources, args.segment, args.tolerance_db, progress=Progress("check"))

@@ -9,7 +9,7 @@ import pytest
 
 from trainables import loop, schema
 from trainables.errors import RankhouseError
-from trainables.separation import Separation
+from trainables.family import get_family
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ def test_a_config_written_in_code_runs_with_the_documented_defaults():
 
 
 def test_a_tasks_options_join_the_generic_sections_and_are_validated():
-    full = schema.for_task(Separation())
+    full = schema.for_family(get_family("htdemucs"))
     assert set(full["data"]) == {"root", "cache_dir", "embedded", "stems", "segment", "tolerance_db"}
     assert set(full["train"]) == set(schema.SCHEMA["train"])
     with pytest.raises(RankhouseError, match=r"^f: data.segment: -1.0; expected seconds > 0$"):

@@ -121,19 +121,21 @@ class MoodTask(Task):
         return {label: {"accuracy": accuracy(model, data)[1]} for label, model in models.items()}
 
 
-def mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(FEATURES, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, len(MOODS)))
+def mlp(hidden: int = HIDDEN) -> nn.Module:
+    return nn.Sequential(nn.Linear(FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, len(MOODS)))
 
 
 class MLPFamily(Family):
     name = "mood_mlp"
     task = MoodTask()
+    options = {"model": {"hidden": Key(HIDDEN, "the MLP's hidden width (the base's)", rule=lambda v: v >= 1,
+                                       expect="an integer >= 1")}}
 
     def build_base(self, cfg: dict) -> Base:
         path = self.resolve_base(cfg["base"])
         if not isinstance(path, Path):
             raise RankhouseError(f"model.base: {cfg['base']!r}; this family loads a .safetensors file")
-        model = mlp()
+        model = mlp(cfg["hidden"])
         model.load_state_dict(load_file(str(path)))
         return Base(model=model.eval(), identity={"name": path.name, "sha256": sha256(path)})
 
@@ -217,6 +219,9 @@ def test_the_space_is_checked_against_the_task_before_anything_runs(study):
     assert loaded.task.name == "mood"
     assert loaded.config["objective"] == {"metric": "valid/accuracy", "mode": "max", "also": None}
     assert loaded.config["data"]["moods"] == MOODS  # the task's own option, with its default
+    assert loaded.config["model"]["hidden"] == HIDDEN  # and the family's
+    with pytest.raises(RankhouseError, match=r"model.hidden: 0; expected an integer >= 1"):
+        spaces.load(space, ["+model.hidden=0"])
     with pytest.raises(RankhouseError, match=r"objective.metric: 'valid/sdr'; expected one of train/loss, "
                                              r"valid/accuracy, valid/loss \(the mood task's metrics\)"):
         spaces.load(space, ["+objective.metric=valid/sdr"])
@@ -228,6 +233,21 @@ def test_the_space_is_checked_against_the_task_before_anything_runs(study):
     missing.write_text(space.read_text().replace("test_task_protocol:MLPFamily", "test_task_protocol:Nope"))
     with pytest.raises(RankhouseError, match=r"model.family: test_task_protocol:Nope: test_task_protocol has no Nope"):
         spaces.load(missing)
+
+
+def test_platform_data_check_checks_a_study_by_its_task(study, tmp_path):
+    import shutil
+
+    work, space, env = study
+    good = run(env, "platform.data", "check", space)
+    assert good.returncode == 0 and "no errors (mood data of study moods)" in good.stdout, good.stderr
+    broken = tmp_path / "data"
+    shutil.copytree(work / "data", broken)
+    (broken / "valid" / "data.npz").unlink()
+    bad = run(env, "platform.data", "check", space, f"data.root={broken}")
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == f"rankhouse: error: {broken / 'valid' / 'data.npz'}: missing; write x (N, 16) and y " \
+                                 "(N,) with numpy.savez"
 
 
 @pytest.mark.slow

@@ -36,6 +36,7 @@ class Base:
 class Family(ABC):
     name: str
     task: Task  # what its models do: data, loss, metrics, previews, promotion scores
+    options: dict = {}  # config keys of the family's own (``trainables.schema`` Keys), beside its task's
     default_targets: list[str] = ["*"]  # LoRA targets when the config names none
     embedded: Path | None = None  # the embedded base's asset, built by ``python -m platform.base --family NAME``
     checkpoint_suffixes: tuple[str, ...] = (".safetensors",)  # names that are checkpoint files

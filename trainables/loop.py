@@ -81,7 +81,7 @@ class Setup:
 def complete(cfg: dict) -> dict:
     """``cfg`` with the schema's defaults for whatever it leaves out: a config written in code
     (the base trainer, tests) runs with the documented defaults, never the loop's own guesses."""
-    return schema.complete(schema.for_task(get_family(cfg["model"]["family"]).task), cfg)
+    return schema.complete(schema.for_family(get_family(cfg["model"]["family"])), cfg)
 
 
 def base_model(cfg: dict) -> Setup:
