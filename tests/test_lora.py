@@ -18,6 +18,7 @@ from torch import nn
 
 from trainables import lora
 from trainables.errors import RankhouseError
+from trainables.lora_layers import LoraConvTranspose
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -151,7 +152,7 @@ def test_conv_transpose_lora_merges_exactly(kind):
     ref = forward(base, x).clone()
     model, ranks = lora.apply(base, lora.LoraSpec(rank=3, alpha=5.0, targets=["0"]))
     layer = adapted_layers(model)["0"]
-    assert isinstance(layer, lora.LoraConvTranspose)
+    assert isinstance(layer, LoraConvTranspose)
     assert torch.equal(forward(model, x), ref)
     with torch.no_grad():
         layer.lora_B["default"].weight.copy_(torch.randn(layer.lora_B["default"].weight.shape,
@@ -268,7 +269,7 @@ def test_overlapping_layer_ranks_reload_with_the_right_shapes(make_tiny, tiny_mi
         assert layer.r["default"] == r, name
         a = layer.lora_A["default"].weight
         # Linear/Conv: A is (r, in, ...); ConvTranspose: (in, r, ...); MHA: A of in_proj is (r, embed)
-        r_dim = 1 if isinstance(layer, lora.LoraConvTranspose) else 0
+        r_dim = 1 if isinstance(layer, LoraConvTranspose) else 0
         assert a.shape[r_dim] == r, (name, tuple(a.shape))
     assert torch.equal(forward(reloaded, tiny_mix), out)
 

@@ -39,7 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from trainables import roformer
+from trainables import msst_io, roformer
 from trainables.checkpoint import plain_state, sha256, write_model
 from trainables.errors import RankhouseError
 from trainables.separator import SeparatorBase, Separator, parent_indices
@@ -114,67 +114,17 @@ def load_safetensors(path: Path) -> tuple[nn.Module, dict]:
     return model, info
 
 
-def read_msst_yaml(path: Path) -> dict:
-    """An MSST config file as a dict; MSST writes band widths as ``!!python/tuple``: read as lists."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node))
-    if not path.is_file():
-        raise RankhouseError(f"model.config: {path}: no such file (the MSST config YAML of the checkpoint)")
-    try:
-        return yaml.load(path.read_text(), Loader=Loader) or {}
-    except yaml.YAMLError as exc:
-        raise RankhouseError(f"model.config: {path}: not YAML ({str(exc).splitlines()[0]})") from None
-
-
 def read_msst_config(path: Path) -> dict:
     """Architecture, rate, segment and sources from an MSST training config."""
-    raw = read_msst_yaml(path)
-    sections = [raw.get(k) if isinstance(raw, dict) else None for k in ("model", "audio", "training")]
-    if not all(isinstance(x, dict) for x in sections) or "sample_rate" not in sections[1] or \
-            not isinstance(sections[2].get("instruments"), list) or not sections[2]["instruments"]:
-        raise RankhouseError(f"model.config: {path}: expected MSST's model:, audio.sample_rate and "
-                             "training.instruments sections")
-    kwargs, audio, training = dict(sections[0]), sections[1], sections[2]
-    arch = "mel_band_roformer" if "num_bands" in kwargs else "bs_roformer"
-    sources = list(training["instruments"])
-    if training.get("target_instrument"):
-        sources = [training["target_instrument"]]
-    samplerate = int(audio["sample_rate"])
-    segment = float(audio.get("chunk_size", 3 * samplerate)) / samplerate
-    return {"arch": arch, "kwargs": kwargs, "sources": sources, "samplerate": samplerate, "segment": segment}
-
-
-def check_keys(model: nn.Module, state: dict, where: str) -> None:
-    """One line naming what does not fit, before ``load_state_dict``'s multi-line error."""
-    target = model.state_dict()
-    missing = [k for k in target if k not in state]
-    unexpected = [k for k in state if k not in target]
-    wrong = [k for k in target if k in state and tuple(state[k].shape) != tuple(target[k].shape)]
-    if missing or unexpected or wrong:
-        parts = [f"{name}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                 for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
-        raise RankhouseError(f"{where}: does not fit the architecture of model.config ({'; '.join(parts)})")
+    info = msst_io.read_config(path)
+    return {**info, "arch": "mel_band_roformer" if "num_bands" in info["kwargs"] else "bs_roformer"}
 
 
 def load_msst(path: Path, config: Path) -> tuple[nn.Module, dict]:
     info = read_msst_config(config)
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise RankhouseError(f"{path}: cannot be read safely as a state dict ({str(exc).splitlines()[0][:200]})") \
-            from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise RankhouseError(f"{path}: not a state dict of tensors")
-    if any(k.startswith("module.") for k in state):  # saved from DataParallel
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = msst_io.load_state(path)
     model = new_model(info["arch"], {**info["kwargs"], "num_stems": len(info["sources"])}, f"model.config: {config}")
-    check_keys(model, state, str(path))
+    msst_io.check_keys(model, state, str(path))
     model.load_state_dict(state)
     return model, info
 
@@ -184,25 +134,9 @@ TUPLE_OPTIONS = ("freqs_per_bands", "multi_stft_resolutions_window_sizes")
 
 
 def msst_yaml(kwargs: dict, sources: list[str], samplerate: int, segment: float, original: str | None) -> str:
-    """The MSST config of a model: the base's own MSST config when it had one (its training,
-    augmentation and inference settings kept), with this model's architecture and sources."""
-    import yaml
-
-    raw = read_msst_yaml(Path(original)) if original else {}
+    """The MSST config of a model (``msst_io.write_yaml``), band widths as MSST's tuples."""
     model = {k: tuple(v) if k in TUPLE_OPTIONS else v for k, v in kwargs.items()}
-    channels = 2 if kwargs.get("stereo") else 1
-    raw["audio"] = {**raw.get("audio", {}), "sample_rate": int(samplerate), "num_channels": channels,
-                    "chunk_size": int(round(segment * samplerate))}
-    raw["model"] = model
-    training = dict(raw.get("training", {}))
-    if len(sources) == 1:  # MSST's single-stem models name their stem as the target
-        known = training.get("instruments") or []
-        training.update(instruments=known if sources[0] in known else sources, target_instrument=sources[0])
-    else:
-        training.update(instruments=sources, target_instrument=None)
-    raw["training"] = training
-    raw.setdefault("inference", {"batch_size": 1, "num_overlap": 4})
-    return yaml.dump(raw, Dumper=yaml.Dumper, sort_keys=False)
+    return msst_io.write_yaml(model, sources, samplerate, segment, 2 if kwargs.get("stereo") else 1, original)
 
 
 class BSRoformerFamily(Separator):

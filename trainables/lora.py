@@ -5,9 +5,9 @@
   means "no adapter"). A pattern that matches nothing is an error naming close matches.
 - PEFT gets disjoint exact names: it sorts ``rank_pattern`` keys when saving, so overlapping
   patterns would reload with the wrong shapes.
-- PEFT has no LoRA for ConvTranspose1d/2d (HT-Demucs' decoders); ``LoraConvTranspose`` is
-  registered through PEFT's custom-module mechanism, so it saves, loads and merges like the
-  built-in layers.
+- PEFT has no LoRA for some layers rankhouse's families need (ConvTranspose: HT-Demucs'
+  decoders); ``trainables/lora_layers.py`` registers its own through PEFT's custom-module
+  mechanism, so they save, load and merge like the built-in layers.
 - A rank above a layer's min(fan_in, fan_out) is an error before training.
 - Scaling is explicit: ``standard`` (alpha / r) or ``rslora`` (alpha / sqrt(r)).
 - Rank modes: ``custom`` (``rank`` for every target, ``layer_ranks`` overriding by pattern),
@@ -36,59 +36,15 @@ from typing import Callable, Mapping
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from peft.tuners.lora.layer import _ConvNd
 from torch import nn
 
 from trainables import schema
 from trainables.errors import RankhouseError
+from trainables.lora_layers import CUSTOM_MODULES
 
 ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.MultiheadAttention)
 RankScales = Callable[[list[str]], dict[str, float]]  # targeted module paths -> rank multiplier
 Groups = Mapping[str, list[str]]  # layer group name -> glob patterns over module paths
-
-
-class LoraConvTranspose(_ConvNd):
-    """LoRA for ConvTranspose{1,2}d: A is a transposed conv with the base's kernel/stride/padding
-    into r channels, B a pointwise map r -> out. Their composition is itself a transposed conv
-    with weight W[i, o, k] = sum_r A[i, r, k] B[r, o], so merging is exact."""
-
-    def _get_in_out_features(self, module: nn.Module):
-        return module.in_channels, module.out_channels
-
-    @property
-    def lora_variants(self):
-        return {(): None}
-
-    def update_layer(self, adapter_name, r, lora_alpha, config, **kwargs):
-        if config.use_dora:
-            raise ValueError("DoRA is not supported for ConvTranspose layers")
-        base = self.get_base_layer()
-        if base.groups != 1 or base.dilation != (1,) * len(base.dilation):
-            raise ValueError("LoRA for ConvTranspose supports groups=1 and dilation=1 only")
-        self.r[adapter_name] = r
-        self.lora_alpha[adapter_name] = lora_alpha
-        self.lora_dropout[adapter_name] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
-        conv = type(base)
-        ones = (1,) * len(base.kernel_size)
-        self.lora_A[adapter_name] = conv(self.in_features, r, base.kernel_size, base.stride, base.padding,
-                                         output_padding=base.output_padding, bias=False)
-        self.lora_B[adapter_name] = conv(r, self.out_features, ones, ones, bias=False)
-        self.lora_bias[adapter_name] = False
-        self.scaling[adapter_name] = lora_alpha / (math.sqrt(r) if config.use_rslora else r)
-        self.use_rslora[adapter_name] = config.use_rslora
-        self.use_dora[adapter_name] = False
-        if config.init_lora_weights:
-            self.reset_lora_parameters(adapter_name, config.init_lora_weights)
-        self._move_adapter_to_device_of_base_layer(adapter_name)
-        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
-
-    def get_delta_weight(self, adapter) -> torch.Tensor:
-        a = self.lora_A[adapter].weight  # (in, r, *k)
-        b = self.lora_B[adapter].weight.flatten(2)[..., 0]  # (r, out)
-        return torch.einsum("ir...,ro->io...", a, b) * self.scaling[adapter]
-
-
-CUSTOM_MODULES = {nn.ConvTranspose1d: LoraConvTranspose, nn.ConvTranspose2d: LoraConvTranspose}
 
 
 LORA = schema.SCHEMA["lora"]  # the section's keys, defaults and rules: declared once, in the schema

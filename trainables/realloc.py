@@ -31,7 +31,7 @@ import torch
 from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
-from trainables.lora import LoraConvTranspose
+from trainables.lora_layers import LoraConvTranspose
 
 ADAPTER = "default"
 PREFIX = "base_model.model."
