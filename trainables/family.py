@@ -20,6 +20,7 @@ from trainables.task import Task
 FAMILIES = {
     "htdemucs": "trainables.htdemucs:HTDemucsFamily",
     "bs_roformer": "trainables.bs_roformer:BSRoformerFamily",
+    "scnet": "trainables.scnet:SCNetFamily",
 }
 
 

@@ -6,7 +6,7 @@
 - PEFT gets disjoint exact names: it sorts ``rank_pattern`` keys when saving, so overlapping
   patterns would reload with the wrong shapes.
 - PEFT has no LoRA for some layers rankhouse's families need (ConvTranspose: HT-Demucs'
-  decoders); ``trainables/lora_layers.py`` registers its own through PEFT's custom-module
+  decoders; LSTM: SCNet's BiLSTMs); ``trainables/lora_layers.py`` registers its own through PEFT's custom-module
   mechanism, so they save, load and merge like the built-in layers.
 - A rank above a layer's min(fan_in, fan_out) is an error before training.
 - Scaling is explicit: ``standard`` (alpha / r) or ``rslora`` (alpha / sqrt(r)).
@@ -42,7 +42,7 @@ from trainables import schema
 from trainables.errors import RankhouseError
 from trainables.lora_layers import CUSTOM_MODULES
 
-ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.MultiheadAttention)
+ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.MultiheadAttention, nn.LSTM)
 RankScales = Callable[[list[str]], dict[str, float]]  # targeted module paths -> rank multiplier
 Groups = Mapping[str, list[str]]  # layer group name -> glob patterns over module paths
 
@@ -92,6 +92,8 @@ def fan(module: nn.Module) -> tuple[int, int]:
         return module.in_channels // module.groups * math.prod(module.kernel_size), module.out_channels
     if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d)):
         return module.in_channels * math.prod(module.kernel_size), module.out_channels
+    if isinstance(module, nn.LSTM):  # its input-hidden (4h x in) and hidden-hidden (4h x h) matrices
+        return module.input_size, module.hidden_size
     raise TypeError(type(module).__name__)
 
 
@@ -155,6 +157,10 @@ def resolve_ranks(model: nn.Module, spec: LoraSpec, exclude: list[str] = (),
     targeted = placed(targeted, spec.placement, groups)
     ranks = {n: spec.rank for n in targeted}
     if spec.rank_mode == "gradient":  # the warm-up's ranks; realloc.allocate prunes them to the budget
+        lstms = [n for n in targeted if isinstance(modules[n], nn.LSTM)]
+        if lstms:
+            raise RankhouseError(f"lora.rank_mode: gradient does not reallocate LSTM adapters ({lstms[0]}); use "
+                                 "custom, uniform or heuristic, or leave the LSTMs out of lora.targets")
         return {n: max(1, min(math.ceil(spec.rank * spec.gradient_init_scale), min(fan(modules[n]))))
                 for n in targeted}
     if spec.rank_mode == "heuristic":
@@ -211,7 +217,10 @@ def apply(model: nn.Module, spec: LoraSpec, modules_to_save: list[str] = (),
             raise RankhouseError(f"modules_to_save: {declared!r} is also the suffix of {clash[0]!r}; PEFT would "
                                  "train both. Declare every module whose name ends the same way")
     ranks = resolve_ranks(model, spec, list(modules_to_save), default_targets, rank_scales, groups)
-    peft_model = get_peft_model(model, lora_config(ranks, spec, modules_to_save))
+    try:
+        peft_model = get_peft_model(model, lora_config(ranks, spec, modules_to_save))
+    except ValueError as exc:  # a layer's adapter refusing an option (e.g. dropout on an LSTM)
+        raise RankhouseError(f"lora: {' '.join(str(exc).split())}") from None
     return peft_model, ranks
 
 
