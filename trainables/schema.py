@@ -59,8 +59,8 @@ SCHEMA: Schema = {
                  rule=lambda v: re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v) is not None,
                  expect="a name of letters, digits, '-', '_' or '.'"),
     "model": {
-        "family": Key("htdemucs", "a family registered in trainables/family.py (see the task sections below), or your own as "
-                                    "package.module:Class"),
+        "family": Key("htdemucs", "a family registered in trainables/family.py (see the task sections below), "
+                                  "or your own as package.module:Class"),
         "base": Key("embedded", "embedded (the family's small base), a checkpoint file, a pretrained name the "
                                 "family knows, or scratch"),
         "config": Key(None, "the architecture file of a checkpoint that does not carry its own (MSST's YAML)",
