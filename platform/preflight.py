@@ -84,10 +84,12 @@ def prepare(study: Study) -> Prepared:
     except RankhouseError as exc:
         raise in_file(study, "model", exc) from None
     try:  # the largest adapter any trial could ask for, built once for real
-        setup.family.apply_lora(copy.deepcopy(setup.model), lora.LoraSpec.from_config(widest_lora(study)),
-                                setup.modules_to_save)
+        _, ranks = setup.family.apply_lora(copy.deepcopy(setup.model), lora.LoraSpec.from_config(widest_lora(study)),
+                                           setup.modules_to_save)
     except RankhouseError as exc:
         raise in_file(study, "lora", exc) from None
+    print(f"preflight: the LoRA targets reach {len(ranks)} modules holding "
+          f"{lora.coverage(setup.model, list(ranks)):.1%} of the base's parameters")
     budget = cfg["budget"]["max_trainable_params"]
     modules = dict(setup.model.named_modules())
     heads = sum(p.numel() for h in setup.modules_to_save for p in modules[h].parameters())

@@ -224,6 +224,13 @@ def apply(model: nn.Module, spec: LoraSpec, modules_to_save: list[str] = (),
     return peft_model, ranks
 
 
+def coverage(model: nn.Module, names: list[str]) -> float:
+    """The share of ``model``'s parameters held by the modules ``names`` (what the adapters reach)."""
+    modules = dict(model.named_modules())
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for n in names for p in modules[n].parameters()) / max(total, 1)
+
+
 def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
