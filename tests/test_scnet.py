@@ -171,3 +171,43 @@ def test_lstm_lora_refuses_dropout_and_ranks_wider_than_the_lstm(tiny_base):
         adapted(tiny_base, dropout=0.1)
     with pytest.raises(RankhouseError, match=r"rank 9 for separation_net.dp_modules.0.lstm_layers.0 exceeds"):
         adapted(tiny_base, layer_ranks={"separation_net.dp_modules.0.lstm_layers.0": 9})
+
+
+def test_an_msst_space_with_a_lora_block_adapts_the_msst_checkpoints_lstms(tmp_path):
+    """A search space as an MSST user writes it: their SCNet checkpoint, its config YAML and the
+    ``lora:`` block of MSST's config (PEFT-style module names), translated key by key."""
+    from platform import spaces
+    from trainables import lora, loop
+
+    space = tmp_path / "mine.yaml"
+    space.write_text(yaml.safe_dump({
+        "study": "mine",
+        "model": {"family": "scnet", "base": str(FIXTURES / "scnet.ckpt"), "config": str(FIXTURES / "scnet.yaml"),
+                  "sources": ["drums", "bass", "other", "vocals"]},
+        "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "merge_weights": True,
+                 "target_modules": ["lstm_layers.0", "lstm_layers.1"]},
+        "search": {"space": {"lora.rank": {"type": "choice", "values": [2, 4]}}},
+    }))
+    study = spaces.load(space)
+    assert study.config["lora"]["targets"] == ["*.lstm_layers.0", "*.lstm_layers.1"]
+    assert (study.config["lora"]["rank"], study.config["lora"]["alpha"]) == (4, 8.0)
+    assert study.config["registry"]["merged"] is True
+    setup = loop.base_model(study.config)
+    assert setup.base.samplerate == 44100 and setup.modules_to_save == []  # the checkpoint's own four sources
+    _, ranks = setup.family.apply_lora(setup.model, lora.LoraSpec.from_config(study.config["lora"]))
+    assert ranks == {f"separation_net.dp_modules.{i}.lstm_layers.{j}": 4 for i in range(2) for j in range(2)}
+
+
+def test_the_default_targets_reach_the_lstms_most_of_scnet():
+    """Linear layers alone would be 9% of SCNet; with the LSTMs the adapters reach most of it
+    (the depthwise convolutions, norms and the rebuilt heads stay out)."""
+    from trainables import lora
+    from trainables.scnet import SCNetFamily
+
+    with torch.device("meta"):
+        model = SCNet(sources=FIVE)
+    ranks = lora.resolve_ranks(model, lora.LoraSpec(rank=4), ["decoder.2.1"], SCNetFamily.default_targets)
+    share = lora.coverage(model, list(ranks))
+    linear_only = lora.coverage(model, [n for n in ranks if isinstance(dict(model.named_modules())[n],
+                                                                        torch.nn.Linear)])
+    assert 0.09 < linear_only < 0.1 and share > 0.9
