@@ -62,7 +62,7 @@ def test_techhouse_gpu_loads():
     assert study.params
 
 
-@pytest.mark.parametrize("name", ["techhouse", "bs_roformer_techhouse", "bs_roformer_vocals"])
+@pytest.mark.parametrize("name", ["techhouse", "bs_roformer_techhouse", "bs_roformer_vocals", "scnet_techhouse"])
 def test_shipped_spaces_take_their_common_part_from_one_shared_file(name):
     """The corpus, training size, schedule and holdout are written once (shared/techhouse.yaml,
     a Hydra ``defaults:`` entry); a space's own keys win over it."""
