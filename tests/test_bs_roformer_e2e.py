@@ -96,7 +96,7 @@ def test_trials_log_sdr_per_source_and_their_rank_maps(study):
 def test_the_adapter_bundle_reloads_and_reproduces_its_score(study):
     import mlflow
 
-    from trainables import bundle, loop, tracking
+    from trainables import bundle, tracking
     from trainables.data.cache import StemCache
     from trainables.data.layout import normalize_sources
 

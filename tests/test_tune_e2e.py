@@ -98,7 +98,7 @@ def test_everything_lands_in_the_output_folder(search):
 def test_adapters_reload_and_reproduce_the_logged_score(search, base_checkpoint):
     import mlflow
 
-    from trainables import lora, loop
+    from trainables import lora
     from trainables.data.cache import StemCache
     from trainables.data.layout import normalize_sources
     from trainables.htdemucs import HTDemucsFamily

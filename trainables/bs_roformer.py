@@ -29,18 +29,15 @@ new ones fully; shared sources keep their exact estimators.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import nn
 
 from trainables import msst_io, roformer
-from trainables.checkpoint import plain_state, sha256, write_model
+from trainables.checkpoint import plain_state, read_model, sha256, write_model
 from trainables.errors import RankhouseError
 from trainables.separator import SeparatorBase, Separator, parent_indices
 from trainables.htdemucs import ASSETS
@@ -90,28 +87,17 @@ def save_checkpoint(model: nn.Module, path: Path, arch: str, kwargs: dict, sourc
 
 
 def load_safetensors(path: Path) -> tuple[nn.Module, dict]:
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("family") != "bs_roformer":
-            raise ValueError(f"metadata names family {meta.get('family')!r}")
-        info = {"arch": meta["arch"], "kwargs": json.loads(meta["kwargs"]), "sources": json.loads(meta["sources"]),
-                "samplerate": int(meta["samplerate"]), "segment": float(meta["segment"])}
-        state = load_file(str(path))
+    def build(meta: dict, state: dict) -> nn.Module:
         if any(".branch." in k for k in state):
             raise RankhouseError(
                 f"{path}: written by rankhouse for the bs-roformer package's modules, which do not compute "
                 "what MSST computes; this model cannot be reproduced. Retrain it from the current embedded "
                 "base, or pass it to python -m platform.base --init as a starting point")
-        model = new_model(info["arch"], info["kwargs"], str(path))
-        model.load_state_dict(state)
-    except RankhouseError:
-        raise
-    except Exception as exc:  # corrupt file, missing metadata, weights of another architecture
-        raise RankhouseError(f"{path}: not a rankhouse BS-RoFormer checkpoint ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); write one with "
-                             "python -m platform.base --family bs_roformer") from None
-    return model, info
+        return new_model(meta["arch"], json.loads(meta["kwargs"]), str(path))
+
+    model, meta = read_model(path, "bs_roformer", "BS-RoFormer", build)
+    return model, {"arch": meta["arch"], "kwargs": json.loads(meta["kwargs"]), "sources": json.loads(meta["sources"]),
+                   "samplerate": int(meta["samplerate"]), "segment": float(meta["segment"])}
 
 
 def read_msst_config(path: Path) -> dict:
@@ -149,17 +135,17 @@ class BSRoformerFamily(Separator):
     # any useful rank; target it explicitly with a rank <= heads.
     default_targets = ["layers.*.to_qkv*", "layers.*.to_out.*", "layers.*.net.1", "layers.*.net.4"]
 
-    def build_base(self, cfg: dict) -> SeparatorBase:
-        base = str(cfg.get("base", "embedded"))
-        ref = self.resolve_base(base)
-        if ref == "scratch":  # a freshly initialised model: what the embedded base is trained from
-            sources = list(cfg.get("base_sources") or EMBEDDED_SOURCES)
-            kwargs = {**EMBEDDED_KWARGS, **dict(cfg.get("kwargs") or {}), "num_stems": len(sources)}
-            info = {"arch": "bs_roformer", "kwargs": kwargs, "sources": sources, "samplerate": EMBEDDED_SAMPLERATE,
-                    "segment": EMBEDDED_SEGMENT}
-            return self._base(new_model("bs_roformer", kwargs), info, {"name": "scratch", "sha256": None})
+    scratch_sources, scratch_kwargs = EMBEDDED_SOURCES, EMBEDDED_KWARGS
+
+    def new_base(self, sources: list[str], kwargs: dict) -> SeparatorBase:
+        kwargs = {**kwargs, "num_stems": len(sources)}
+        info = {"arch": "bs_roformer", "kwargs": kwargs, "sources": sources, "samplerate": EMBEDDED_SAMPLERATE,
+                "segment": EMBEDDED_SEGMENT}
+        return self._base(new_model("bs_roformer", kwargs), info, {"name": "scratch", "sha256": None})
+
+    def load_base(self, ref: str | Path, name: str, cfg: dict) -> SeparatorBase:
         if not isinstance(ref, Path):
-            raise RankhouseError(f"model.base: {base!r}: bs_roformer has no pretrained names; pass 'embedded', "
+            raise RankhouseError(f"model.base: {name!r}: bs_roformer has no pretrained names; pass 'embedded', "
                                  "a rankhouse .safetensors checkpoint, or an MSST checkpoint with model.config")
         path = ref
         if path.suffix == ".safetensors":
@@ -170,10 +156,8 @@ class BSRoformerFamily(Separator):
                                      "config YAML it was trained with (its model: section is the architecture)")
             config = Path(str(cfg["config"])).expanduser()
             model, info = load_msst(path, config)
-            # the config decides sources, their order and the rate: the identity covers both files
-            digest = hashlib.sha256(f"{sha256(path)}:{sha256(config)}".encode()).hexdigest()
-            return self._base(model, info, {"name": base, "sha256": digest, "config": str(config)})
-        return self._base(model, info, {"name": base, "sha256": sha256(path)})
+            return self._base(model, info, msst_io.identity(name, path, config))
+        return self._base(model, info, {"name": name, "sha256": sha256(path)})
 
     @staticmethod
     def _base(model: nn.Module, info: dict, identity: dict) -> SeparatorBase:

@@ -12,8 +12,13 @@ import json
 import os
 from pathlib import Path
 
+from typing import Callable
+
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+from trainables.errors import RankhouseError
 
 STATE = "state.json"
 OPTIMIZER = "optimizer.safetensors"
@@ -51,6 +56,30 @@ def write_model(model: torch.nn.Module, path: Path, metadata: dict[str, str]) ->
     save_file(plain_state(model), str(tmp), metadata=metadata)
     os.replace(tmp, path)
     return sha256(path)
+
+
+def read_model(path: Path, family: str, title: str,
+               build: Callable[[dict[str, str], dict[str, torch.Tensor]], torch.nn.Module]
+               ) -> tuple[torch.nn.Module, dict[str, str]]:
+    """A base checkpoint that ``write_model`` wrote for ``family``, and its metadata.
+    ``build(metadata, state)`` makes the model (and may refuse the file with its own
+    RankhouseError). Any other failure (a corrupt file, missing metadata, weights of another
+    architecture) is one line naming the file and the command that writes such a checkpoint."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("family") != family:
+            raise ValueError(f"metadata names family {meta.get('family')!r}")
+        state = load_file(str(path))
+        model = build(meta, state)
+        model.load_state_dict(state)
+    except RankhouseError:
+        raise
+    except Exception as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise RankhouseError(f"{path}: not a rankhouse {title} checkpoint ({type(exc).__name__}: {first}); "
+                             f"write one with python -m platform.base --family {family}") from None
+    return model, meta
 
 
 def save_weights(model: torch.nn.Module, folder: Path) -> None:

@@ -19,13 +19,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import nn
 
-from trainables.checkpoint import sha256, write_model
+from trainables.checkpoint import read_model, sha256, write_model
 from trainables.errors import RankhouseError
-from trainables.separator import SeparatorBase, Separator, parent_indices
+from trainables.separator import Separator, SeparatorBase, copy_blocks, parent_indices
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 EMBEDDED = ASSETS / "htdemucs_embedded.safetensors"
@@ -52,17 +50,9 @@ def save_checkpoint(model: nn.Module, path: Path, kwargs: dict, extra: dict | No
 
 
 def load_safetensors(path: Path) -> tuple[nn.Module, dict]:
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        sources, kwargs = json.loads(meta["sources"]), json.loads(meta["kwargs"])
-        model = new_model(sources, kwargs)
-        model.load_state_dict(load_file(str(path)))
-    except Exception as exc:  # corrupt file, missing metadata, weights of another architecture
-        raise RankhouseError(f"{path}: not a rankhouse HT-Demucs checkpoint ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); write one with "
-                             "python -m platform.base") from None
-    return model, kwargs
+    model, meta = read_model(path, "htdemucs", "HT-Demucs",
+                             lambda meta, state: new_model(json.loads(meta["sources"]), json.loads(meta["kwargs"])))
+    return model, json.loads(meta["kwargs"])
 
 
 def load_demucs_package(path: Path) -> tuple[nn.Module, dict]:
@@ -120,21 +110,20 @@ class HTDemucsFamily(Separator):
                        "decoder.*.conv_tr", "decoder.*.rewrite", "tdecoder.*.conv_tr", "tdecoder.*.rewrite",
                        "crosstransformer.*"]
 
-    def build_base(self, cfg: dict) -> SeparatorBase:
-        base = str(cfg.get("base", "embedded"))
-        ref = self.resolve_base(base)
-        if ref == "scratch":  # a freshly initialised model: what the embedded base is trained from
-            sources = list(cfg.get("base_sources") or EMBEDDED_SOURCES)
-            kwargs = {**EMBEDDED_KWARGS, **dict(cfg.get("kwargs") or {})}
-            model = new_model(sources, kwargs)
-            return SeparatorBase(model=model, sources=sources, samplerate=int(model.samplerate),
-                                 segment=float(model.segment),
-                                 identity={"name": "scratch", "sha256": None}, config={"kwargs": kwargs})
+    scratch_sources, scratch_kwargs = EMBEDDED_SOURCES, EMBEDDED_KWARGS
+
+    def new_base(self, sources: list[str], kwargs: dict) -> SeparatorBase:
+        model = new_model(sources, kwargs)
+        return SeparatorBase(model=model, sources=sources, samplerate=int(model.samplerate),
+                             segment=float(model.segment), identity={"name": "scratch", "sha256": None},
+                             config={"kwargs": kwargs})
+
+    def load_base(self, ref: str | Path, name: str, cfg: dict) -> SeparatorBase:
         path = ref if isinstance(ref, Path) else find_pretrained(ref)
         model, kwargs = load_safetensors(path) if path.suffix == ".safetensors" else load_demucs_package(path)
         model.eval()
         return SeparatorBase(model=model, sources=list(model.sources), samplerate=int(model.samplerate),
-                             segment=float(model.segment), identity={"name": base, "sha256": sha256(path)},
+                             segment=float(model.segment), identity={"name": name, "sha256": sha256(path)},
                              config={"kwargs": kwargs})
 
     def save_model(self, model: nn.Module, path, base: SeparatorBase) -> str:
@@ -171,20 +160,8 @@ class HTDemucsFamily(Separator):
 
     def rebuild_heads(self, base: SeparatorBase, sources: list[str],
                       parents: dict[str, str]) -> tuple[nn.Module, list[str]]:
-        origin = parent_indices(base, sources, parents)
         model = new_model(sources, base.config["kwargs"])
-        old, new = base.model.state_dict(), model.state_dict()
         heads = self.heads(model)
-        for key, value in old.items():
-            head = next((h for h in heads if key.startswith(h + ".")), None)
-            if head is None:
-                new[key] = value.clone()
-                continue
-            # dim 1 of a transposed conv weight (dim 0 of its bias) holds one block per source
-            dim = 1 if key.endswith("weight") else 0
-            block = value.shape[dim] // len(base.sources)
-            parts = [value.narrow(dim, i * block, block) for i in origin]
-            new[key] = torch.cat(parts, dim=dim).clone()
-        model.load_state_dict(new)
+        copy_blocks(base.model, model, heads, parent_indices(base, sources, parents), len(base.sources))
         model.eval()
         return model, heads

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Mapping
 
-import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 

@@ -5,6 +5,7 @@ architecture, ``audio.sample_rate`` the rate, ``training.instruments`` the sourc
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -73,6 +74,15 @@ def check_keys(model: nn.Module, state: dict, where: str) -> None:
         parts = [f"{name}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
                  for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
         raise RankhouseError(f"{where}: does not fit the architecture of model.config ({'; '.join(parts)})")
+
+
+def identity(name: str, checkpoint: Path, config: Path) -> dict:
+    """A base read from an MSST checkpoint and its config YAML. The config decides the sources,
+    their order and the rate, so the digest covers both files."""
+    from trainables.checkpoint import sha256
+
+    digest = hashlib.sha256(f"{sha256(checkpoint)}:{sha256(config)}".encode()).hexdigest()
+    return {"name": name, "sha256": digest, "config": str(config)}
 
 
 def write_yaml(model: dict, sources: list[str], samplerate: int, segment: float, channels: int,

@@ -185,8 +185,8 @@ SCHEMA: Schema = {
 def merged(*schemas: Schema) -> Schema:
     """``schemas`` laid over one another (a task's options over the generic sections)."""
     out: Schema = {}
-    for schema in schemas:
-        for name, node in schema.items():
+    for layer in schemas:
+        for name, node in layer.items():
             if isinstance(node, dict) and isinstance(out.get(name), dict):
                 out[name] = merged(out[name], node)
             else:

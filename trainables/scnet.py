@@ -36,15 +36,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import nn
 
 from trainables import msst_io
-from trainables.checkpoint import plain_state, sha256, write_model
+from trainables.checkpoint import plain_state, read_model, sha256, write_model
 from trainables.errors import RankhouseError
 from trainables.htdemucs import ASSETS
-from trainables.separator import Separator, SeparatorBase, parent_indices
+from trainables.separator import Separator, SeparatorBase, copy_blocks, parent_indices
 
 DEFAULTS = dict(sources=("drums", "bass", "other", "vocals"), audio_channels=2, dims=(4, 32, 64, 128), nfft=4096,
                 hop_size=1024, win_size=4096, normalized=True, band_SR=(0.175, 0.392, 0.433), band_stride=(1, 4, 16),
@@ -282,22 +280,11 @@ def save_checkpoint(model: SCNet, path: Path, kwargs: dict, samplerate: int, seg
 
 
 def load_safetensors(path: Path) -> tuple[SCNet, dict]:
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("family") != "scnet":
-            raise ValueError(f"metadata names family {meta.get('family')!r}")
-        info = {"kwargs": json.loads(meta["kwargs"]), "sources": json.loads(meta["sources"]),
-                "samplerate": int(meta["samplerate"]), "segment": float(meta["segment"])}
-        model = new_model(info["sources"], info["kwargs"], str(path))
-        model.load_state_dict(load_file(str(path)))
-    except RankhouseError:
-        raise
-    except Exception as exc:  # corrupt file, missing metadata, weights of another architecture
-        raise RankhouseError(f"{path}: not a rankhouse SCNet checkpoint ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); write one with "
-                             "python -m platform.base --family scnet") from None
-    return model, info
+    model, meta = read_model(path, "scnet", "SCNet",
+                             lambda meta, state: new_model(json.loads(meta["sources"]), json.loads(meta["kwargs"]),
+                                                           str(path)))
+    return model, {"kwargs": json.loads(meta["kwargs"]), "sources": list(model.sources),
+                   "samplerate": int(meta["samplerate"]), "segment": float(meta["segment"])}
 
 
 def load_msst(path: Path, config: Path) -> tuple[SCNet, dict]:
@@ -326,27 +313,25 @@ class SCNetFamily(Separator):
                        "separation_net.dp_modules.*.lstm_layers.*", "separation_net.dp_modules.*.linear_layers.*",
                        "decoder.*.0.conv", "decoder.*.1.convtrs.*"]
 
-    def build_base(self, cfg: dict) -> SeparatorBase:
-        base = str(cfg.get("base", "embedded"))
-        ref = self.resolve_base(base)
-        if ref == "scratch":  # a freshly initialised model: what the embedded base is trained from
-            sources = list(cfg.get("base_sources") or EMBEDDED_SOURCES)
-            kwargs = {**EMBEDDED_KWARGS, **dict(cfg.get("kwargs") or {})}
-            info = {"kwargs": kwargs, "sources": sources, "samplerate": EMBEDDED_SAMPLERATE,
-                    "segment": EMBEDDED_SEGMENT}
-            return self._base(new_model(sources, kwargs), info, {"name": "scratch", "sha256": None})
+    scratch_sources, scratch_kwargs = EMBEDDED_SOURCES, EMBEDDED_KWARGS
+
+    def new_base(self, sources: list[str], kwargs: dict) -> SeparatorBase:
+        info = {"kwargs": kwargs, "sources": sources, "samplerate": EMBEDDED_SAMPLERATE, "segment": EMBEDDED_SEGMENT}
+        return self._base(new_model(sources, kwargs), info, {"name": "scratch", "sha256": None})
+
+    def load_base(self, ref: str | Path, name: str, cfg: dict) -> SeparatorBase:
         if not isinstance(ref, Path):
-            raise RankhouseError(f"model.base: {base!r}: the scnet family knows no pretrained names; give embedded, "
+            raise RankhouseError(f"model.base: {name!r}: the scnet family knows no pretrained names; give embedded, "
                                  "scratch or a checkpoint file")
         if ref.suffix == ".safetensors":
             model, info = load_safetensors(ref)
-        elif not cfg.get("config"):
+            return self._base(model.eval(), info, {"name": name, "sha256": sha256(ref)})
+        if not cfg.get("config"):
             raise RankhouseError(f"model.config: {ref} is an MSST checkpoint; give its MSST config YAML as "
                                  "model.config")
-        else:
-            model, info = load_msst(ref, Path(cfg["config"]))
-        identity = {"name": base, "sha256": sha256(ref), "config": cfg.get("config")}
-        return self._base(model.eval(), info, identity)
+        config = Path(str(cfg["config"])).expanduser()
+        model, info = load_msst(ref, config)
+        return self._base(model.eval(), info, msst_io.identity(name, ref, config))
 
     @staticmethod
     def _base(model: SCNet, info: dict, identity: dict) -> SeparatorBase:
@@ -363,19 +348,10 @@ class SCNetFamily(Separator):
 
     def rebuild_heads(self, base: SeparatorBase, sources: list[str],
                       parents: dict[str, str]) -> tuple[nn.Module, list[str]]:
-        origin = parent_indices(base, sources, parents)
         model = new_model(sources, base.config["kwargs"])
-        old, new = base.model.state_dict(), model.state_dict()
-        (head,) = self.heads(model)
-        block = base.model.dims[0]  # each source owns dims[0] output channels: its channels' real, imaginary
-        for key, value in old.items():
-            if not key.startswith(head + "."):
-                new[key] = value.clone()
-                continue
-            dim = 1 if key.endswith("weight") else 0  # a transposed conv's weight is (in, out, ...)
-            new[key] = torch.cat([value.narrow(dim, i * block, block) for i in origin], dim=dim).clone()
-        model.load_state_dict(new)
-        return model.eval(), [head]
+        heads = self.heads(model)  # each source owns dims[0] channels of it: its channels' real, imaginary
+        copy_blocks(base.model, model, heads, parent_indices(base, sources, parents), len(base.sources))
+        return model.eval(), heads
 
     def save_model(self, model: nn.Module, path, base: SeparatorBase) -> str:
         c = base.config
