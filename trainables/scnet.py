@@ -226,16 +226,29 @@ class SCNet(nn.Module):
         return dict(n_fft=self.nfft, hop_length=self.hop_size, win_length=self.win_size, center=True,
                     normalized=self.normalized, window=torch.ones(self.win_size, device=like.device, dtype=like.dtype))
 
-    def forward(self, mix: torch.Tensor) -> torch.Tensor:
-        """(B, C, L) mixture -> (B, S, C, L) sources."""
+    def spectrogram(self, mix: torch.Tensor) -> torch.Tensor:
+        """(B, C, L) mixture -> (B, 2C, F, T): each channel's STFT as real and imaginary planes.
+        The mixture is padded to an odd number of whole hops, so that with the frame ``center``
+        adds the frame count is even, as the dual-path layers' FFT along frames wants."""
         b, c, length = mix.shape
         pad = self.hop_size - length % self.hop_size
-        if ((length + pad) // self.hop_size) % 2 == 0:  # an even frame count for the frames' FFT
+        if ((length + pad) // self.hop_size) % 2 == 0:
             pad += self.hop_size
         x = F.pad(mix, (0, pad))
         spec = torch.stft(x.reshape(b * c, -1), return_complex=True, **self._stft_args(x))
-        freqs, frames = spec.shape[1:]
-        x = torch.view_as_real(spec).permute(0, 3, 1, 2).reshape(b, 2 * c, freqs, frames)
+        return torch.view_as_real(spec).permute(0, 3, 1, 2).reshape(b, 2 * c, *spec.shape[1:])
+
+    def waveform(self, spec: torch.Tensor, channels: int, length: int) -> torch.Tensor:
+        """(B, S x 2C, F, T) -> (B, S, C, length): ``spectrogram``'s inverse for each source's block."""
+        b, planes, freqs, frames = spec.shape
+        s = planes // (2 * channels)
+        x = spec.reshape(b * s * channels, 2, freqs, frames).permute(0, 2, 3, 1).contiguous()
+        wav = torch.istft(torch.view_as_complex(x), **self._stft_args(spec))
+        return wav.reshape(b, s, channels, -1)[..., :length]
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        """(B, C, L) mixture -> (B, S, C, L) sources."""
+        x = self.spectrogram(mix)
         skips = []
         for stage in self.encoder:
             x, skip, lengths, original = stage(x)
@@ -243,10 +256,7 @@ class SCNet(nn.Module):
         x = self.separation_net(x)
         for (fusion, merge), (skip, lengths, original) in zip(self.decoder, reversed(skips)):
             x = merge(fusion(x, skip), lengths, original)
-        s = len(self.sources)
-        x = x.reshape(b * s * c, 2, freqs, frames).permute(0, 2, 3, 1).contiguous()
-        wav = torch.istft(torch.view_as_complex(x), **self._stft_args(mix))
-        return wav.reshape(b, s, c, -1)[..., :length]
+        return self.waveform(x, mix.shape[1], mix.shape[-1])
 
 
 # ---- the family ---------------------------------------------------------------------------
