@@ -40,7 +40,10 @@ def search(request, tmp_path_factory, base_checkpoint):
     work = tmp_path_factory.mktemp(f"study-{request.param}")
     summary = work / "summary.json"
     env = {**os.environ, "RANKHOUSE_HOME": str(work / "home")}
-    cmd = [sys.executable, "-m", "platform.tune", "search_spaces/techhouse.yaml",
+    # the Ray Train case goes through the console script: ``rankhouse tune`` is ``python -m platform.tune``
+    tune = ([str(Path(sys.executable).parent / "rankhouse"), "tune"] if request.param == "train"
+            else [sys.executable, "-m", "platform.tune"])
+    cmd = [*tune, "search_spaces/techhouse.yaml",
            f"model.base={base_checkpoint}", "search.num_samples=2", "search.scheduler.type=fifo",
            "train.epochs=2", "train.steps_per_epoch=2", "train.batch_size=2", "data.segment=2.0",
            "train.valid_max_seconds=4.0", "data.embedded.songs=4", "data.embedded.seconds=6.0",

@@ -1,0 +1,5 @@
+"""``python -m rankhouse COMMAND ...``: the console script without its entry point."""
+
+from rankhouse import main
+
+main()
