@@ -123,15 +123,15 @@ def test_modules_to_save_train_fully_and_are_not_adapted(make_tiny, tiny_mix):
 
 
 def test_modules_to_save_is_exactly_what_was_declared(make_tiny):
-    try:
-        model, _ = lora.apply(make_tiny(), lora.LoraSpec(rank=2, targets=["encoder.*.conv"]),
-                              modules_to_save=["decoder.3.conv_tr"])
-    except RankhouseError as exc:  # refusing the ambiguous name (with a clear message) is a fix too
-        assert "decoder.3.conv_tr" in str(exc)
-        return
-    full = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
-    assert full and all(".decoder.3.conv_tr." in n for n in full)
-    assert not [n for n in full if "tdecoder." in n], full
+    """PEFT matches modules_to_save by suffix: ``decoder.3.conv_tr`` would also train
+    ``tdecoder.3.conv_tr``. The ambiguous name is refused; declaring both trains both, no more."""
+    with pytest.raises(RankhouseError, match="'decoder.3.conv_tr' is also the suffix of 'tdecoder.3.conv_tr'"):
+        lora.apply(make_tiny(), lora.LoraSpec(rank=2, targets=["encoder.*.conv"]), modules_to_save=["decoder.3.conv_tr"])
+    model, _ = lora.apply(make_tiny(), lora.LoraSpec(rank=2, targets=["encoder.*.conv"]),
+                          modules_to_save=["decoder.3.conv_tr", "tdecoder.3.conv_tr"])
+    full = {n.split(".modules_to_save.")[0].split("base_model.model.")[-1]
+            for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
+    assert full == {"decoder.3.conv_tr", "tdecoder.3.conv_tr"}
 
 
 # --- ConvTranspose LoRA ----------------------------------------------------------------------------

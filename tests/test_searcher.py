@@ -108,10 +108,12 @@ def test_saving_the_searcher_waits_for_the_record_of_every_finished_trial(tmp_pa
 
 
 def test_a_record_that_cannot_be_written_fails_the_next_flush(tmp_path):
+    import sqlalchemy
+
     s = searcher(f"sqlite:///{tmp_path / 'missing' / 'optuna.db'}")  # SQLite cannot create the folder
     s.suggest("t0")
     finish(s, "t0", 1.0)  # queued: the driver's event loop is not held up by the write
-    with pytest.raises(Exception):
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="unable to open database file"):
         s.flush()
     s.flush()  # reported once
 
