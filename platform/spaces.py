@@ -209,11 +209,32 @@ def load(file: Path | str, overrides: list[str] = ()) -> Study:
     except RankhouseError as exc:
         raise RankhouseError(f"{file}: {exc}") from None
     _check_objectives(file, config, task)
+    _check_holdout(file, config)
     params: dict[str, Param] = {}
     for key, spec in config["search"]["space"].items():
         params[key] = _param(file, sch, key, spec, params)
     _check_rank_modes(file, config, params)
     return Study(file, config, list(params.values()), task)
+
+
+def _check_holdout(file: Path, config: dict) -> None:
+    """Promotion's holdout must be data no trial trained or was selected on: not the study's own
+    dataset folder, nor the embedded corpus rendered from the same preset and seed (whose
+    songs are the training songs, whatever their count and length)."""
+    data, holdout = config["data"], config["registry"]["holdout"]
+    root = holdout["root"]
+    if root is None:
+        return
+    if str(root) == "embedded":
+        if str(data.get("root")) != "embedded":
+            return
+        ours, theirs = data.get("embedded") or {}, holdout.get("embedded") or {}
+        if ours.get("seed") == theirs.get("seed") and ours.get("preset") == theirs.get("preset"):
+            raise RankhouseError(f"{file}: registry.holdout.embedded.seed: {theirs.get('seed')} renders the training "
+                                 f"songs (data.embedded has the same preset and seed); give the holdout another seed")
+    elif Path(str(root)).expanduser().resolve() == Path(str(data.get("root"))).expanduser().resolve():
+        raise RankhouseError(f"{file}: registry.holdout.root: {root} is data.root, the songs the trials train and are "
+                             "selected on; give a dataset no trial sees (or null to score the valid split, biased)")
 
 
 def _objective_list(file: Path, given: list) -> dict:

@@ -128,6 +128,30 @@ def test_executor_errors(overrides, message):
         spaces.load(TECHHOUSE, overrides)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["registry.holdout.embedded.seed=0"], "registry.holdout.embedded.seed: 0 renders the training songs"),
+    (["registry.holdout.embedded.seed=0", "registry.holdout.embedded.songs=2", "registry.holdout.embedded.seconds=5"],
+     "registry.holdout.embedded.seed: 0 renders the training songs"),
+    (["data.root=DATA", "registry.holdout.root=DATA/"], "registry.holdout.root: DATA/ is data.root"),
+])
+def test_a_holdout_that_is_the_training_data_is_refused(overrides, message, tmp_path):
+    overrides = [o.replace("DATA", str(tmp_path)) for o in overrides]
+    with pytest.raises(RankhouseError, match=re.escape(f"{TECHHOUSE}: {message.replace('DATA', str(tmp_path))}")):
+        spaces.load(TECHHOUSE, overrides)
+
+
+@pytest.mark.parametrize("overrides", [
+    [],  # the shipped holdout: the same preset, another seed
+    ["registry.holdout.embedded.seed=0", "registry.holdout.embedded.preset=generic"],  # other music
+    ["registry.holdout.root=null"],  # the valid split, documented as biased
+    ["data.root=DATA/a", "registry.holdout.root=DATA/b"],
+])
+def test_a_holdout_apart_from_the_training_data_is_accepted(overrides, tmp_path):
+    overrides = [o.replace("DATA", str(tmp_path)) for o in overrides]
+    assert spaces.load(TECHHOUSE, overrides).config["registry"]["holdout"]["root"] in (None, "embedded",
+                                                                                       f"{tmp_path}/b")
+
+
 def test_override_with_a_wrong_type():
     with pytest.raises(RankhouseError, match=r"techhouse\.yaml: train\.epochs: expected an integer, got 'x'"):
         spaces.load(TECHHOUSE, ["train.epochs=x"])
