@@ -173,6 +173,32 @@ def test_refuses_non_empty_dir_of_another_corpus(two_song, change):
         render.render_corpus(two_song, spec["preset"], songs=spec["songs"], seconds=spec["seconds"], seed=spec["seed"])
 
 
+def timgm6mb() -> Path:
+    import pretty_midi
+
+    return Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"  # the fallback when FluidR3_GM is absent
+
+
+def test_a_corpus_is_keyed_on_its_soundfont(two_song, monkeypatch, tmp_path):
+    """The same songs through another soundfont are other audio: the corpus rendered with
+    FluidR3_GM is not reused for TimGM6mb, and the embedded corpora of the two live apart."""
+    spec = json.loads((two_song / render.MANIFEST).read_text())
+    assert spec["soundfont"] == render.synth.find_soundfont().name and len(spec["soundfont_sha256"]) == 64
+    assert spec["fluidsynth"].count(".") == 2
+    monkeypatch.setenv("RANKHOUSE_SOUNDFONT", str(timgm6mb()))
+    with pytest.raises(RankhouseError, match="choose an empty --out"):
+        render.render_corpus(two_song, "techhouse", songs=2, seconds=3, seed=7)
+    other = render.render_corpus(tmp_path / "tim", "techhouse", songs=2, seconds=3, seed=7)
+    assert json.loads((other / render.MANIFEST).read_text())["soundfont"] == "TimGM6mb.sf2"
+    track = "train/techhouse-7-0000/mixture.wav"
+    assert not np.array_equal(read_int16(other / track), read_int16(two_song / track))
+    monkeypatch.setenv("RANKHOUSE_HOME", str(tmp_path / "home"))
+    tim = render.embedded_corpus("techhouse", 2, 2.0, 7)
+    monkeypatch.delenv("RANKHOUSE_SOUNDFONT")
+    fluid = render.embedded_corpus("techhouse", 2, 2.0, 7)
+    assert tim != fluid and tim.parent == fluid.parent
+
+
 def test_refuses_non_empty_dir_without_manifest(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("user data")
@@ -202,7 +228,8 @@ def test_cli_render(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert f"corpus: {out}" in proc.stdout
-    assert json.loads((out / render.MANIFEST).read_text()) == render.corpus_spec("techhouse", 2, 2, 4, 1)
+    assert json.loads((out / render.MANIFEST).read_text()) == render.corpus_spec("techhouse", 2, 2, 4, 1,
+                                                                                         render.synth.find_soundfont())
     assert [t.name for t in tracks(out, "train")] == ["techhouse-4-0000"]
     assert [t.name for t in tracks(out, "valid")] == ["techhouse-4-0001"]
     assert sf.info(str(out / "valid/techhouse-4-0001/vocals.wav")).frames == 2 * 44100

@@ -88,15 +88,19 @@ def embedded_corpus(preset: str, songs: int, seconds: float, seed: int, valid: i
                     progress: Callable[[int, int], None] | None = None) -> Path:
     """The embedded corpus with these settings under ``home()``, rendered first if this machine
     has not yet (driver side: trials get the path)."""
-    out = home() / "corpora" / (f"{preset}-seed{seed}-{songs}x{seconds:g}s" + (f"-valid{valid}" if valid else ""))
+    renderer = synth.identity(synth.find_soundfont())
+    key = f"{renderer['soundfont_sha256'][:8]}-fs{renderer['fluidsynth']}"  # another soundfont: other audio
+    out = home() / "corpora" / (f"{preset}-seed{seed}-{songs}x{seconds:g}s" + (f"-valid{valid}" if valid else "")
+                                + f"-{key}")
     if not (out / MANIFEST).is_file():
         print(f"rendering the embedded {preset} corpus ({songs} songs x {seconds:g} s) into {out}")
     return render_corpus(out, preset, songs, seconds, seed, valid, progress=progress)
 
 
-def corpus_spec(preset: str, songs: int, seconds: float, seed: int, valid: int) -> dict:
+def corpus_spec(preset: str, songs: int, seconds: float, seed: int, valid: int, soundfont: Path) -> dict:
+    """What a rendered corpus is: an existing one is reused only if its manifest says the same."""
     return {"preset": preset, "songs": songs, "seconds": float(seconds), "seed": seed, "valid": valid,
-            "samplerate": SAMPLERATE, "version": 1}
+            "samplerate": SAMPLERATE, "version": 1, **synth.identity(soundfont)}
 
 
 def render_corpus(out: Path, preset: str, songs: int, seconds: float, seed: int = 0, valid: int | None = None,
@@ -114,7 +118,8 @@ def render_corpus(out: Path, preset: str, songs: int, seconds: float, seed: int 
     valid = max(1, songs // 5) if valid is None else valid
     if not 1 <= valid < songs:
         raise RankhouseError(f"valid={valid}: need 1 <= valid < songs ({songs})")
-    spec = corpus_spec(preset, songs, seconds, seed, valid)
+    soundfont = synth.find_soundfont()
+    spec = corpus_spec(preset, songs, seconds, seed, valid, soundfont)
     out = Path(out).resolve()
     if out == Path.cwd().resolve() or out.parent == out:
         raise RankhouseError(f"--out {out}: render into a new folder, not the current directory")
@@ -127,7 +132,6 @@ def render_corpus(out: Path, preset: str, songs: int, seconds: float, seed: int 
         if out.exists() and any(out.iterdir()):
             raise RankhouseError(f"{out}: exists and is not a corpus rendered with these settings; "
                                  "choose an empty --out")
-        soundfont = synth.find_soundfont()
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         try:

@@ -13,6 +13,8 @@ Why these choices:
 from __future__ import annotations
 
 import ctypes
+import functools
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +69,28 @@ def find_soundfont() -> Path:
         "no General MIDI soundfont found: install Debian's fluid-soundfont-gm "
         "(sudo apt-get install fluid-soundfont-gm) or set RANKHOUSE_SOUNDFONT=/path/to/file.sf2"
     )
+
+
+def identity(soundfont: Path) -> dict:
+    """What decides the rendered bytes besides the notes: the soundfont's content and the
+    FluidSynth library's version (FluidR3_GM and the TimGM6mb fallback give other audio for
+    the same songs; so may another FluidSynth). A corpus is reused only when these match."""
+    st = Path(soundfont).stat()
+    fluidsynth, _ = _fluidsynth()
+    major, minor, micro = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+    fluidsynth.fluid_version(major, minor, micro)
+    return {"soundfont": Path(soundfont).name, "soundfont_sha256": _sha256(str(soundfont), st.st_size, st.st_mtime_ns),
+            "fluidsynth": f"{major.value}.{minor.value}.{micro.value}"}
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """A soundfont's digest, once per process and file version (FluidR3_GM is 148 MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _fluidsynth():
