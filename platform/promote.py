@@ -32,7 +32,7 @@ from platform import export, models, spaces
 from platform.cli import run
 from platform.data import Progress
 from platform.preflight import resolve_data
-from platform.study_runs import latest_parent, output_dir, tracking_uri
+from platform.study_runs import output_dir, searches, tracking_uri
 from trainables import bundle, objective, tags, tracking
 from trainables.errors import RankhouseError
 
@@ -89,11 +89,16 @@ def pick_candidate(client, study: spaces.Study, uri: str, run_id: str | None):
         if value is None:
             raise RankhouseError(f"--run {run_id}: has no {metric} (the objective); pick a trial run of this study")
         return chosen, value
-    exp_id, parent = latest_parent(client, study, uri)
-    finished = [r for r in tracking.children(client, exp_id, parent.info.run_id) if r.info.status == "FINISHED"]
-    if not finished:
-        raise RankhouseError(f"study {study.name}: the latest search (parent run {parent.info.run_id}) has no finished "
-                             "trial; run the search again or pass --run RUN_ID")
+    # the latest search that finished a trial: one that crashed or was stopped before any is skipped, aloud
+    exp_id, parents = searches(client, study, uri)
+    for parent in parents:
+        finished = [r for r in tracking.children(client, exp_id, parent.info.run_id) if r.info.status == "FINISHED"]
+        if finished:
+            break
+        print(f"note: skipped search {parent.info.run_id} ({parent.info.status}): no finished trial")
+    else:
+        raise RankhouseError(f"study {study.name}: none of its {len(parents)} search(es) has a finished trial; run the "
+                             "search again or pass --run RUN_ID")
     scored = [(r, best_value(client, r.info.run_id, metric, mode)) for r in finished]
     scored = [(r, v) for r, v in scored if v is not None]
     if not scored:

@@ -31,8 +31,8 @@ def optuna_study_name(study: spaces.Study, parent_id: str) -> str:
     return f"{study.name}-{parent_id}"
 
 
-def latest_parent(client, study: spaces.Study, uri: str) -> tuple[str, object]:
-    """(experiment id, run) of the study's most recent search."""
+def searches(client, study: spaces.Study, uri: str) -> tuple[str, list]:
+    """(experiment id, parent runs of the study's searches, the most recent first)."""
     name = study.config["tracking"]["experiment"] or study.name
     exp = client.get_experiment_by_name(name)
     runs = [] if exp is None else client.search_runs(
@@ -42,7 +42,13 @@ def latest_parent(client, study: spaces.Study, uri: str) -> tuple[str, object]:
     if not parents:
         raise RankhouseError(f"{study.file}: no search of study {study.name!r} in {uri}; "
                              f"run python -m platform.tune {study.file} first")
-    return parents[0].info.experiment_id, parents[0]
+    return parents[0].info.experiment_id, parents
+
+
+def latest_parent(client, study: spaces.Study, uri: str) -> tuple[str, object]:
+    """(experiment id, run) of the study's most recent search."""
+    exp_id, parents = searches(client, study, uri)
+    return exp_id, parents[0]
 
 
 def resume_parent(uri: str, study: spaces.Study) -> tuple[str, str, str]:

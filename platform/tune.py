@@ -31,6 +31,23 @@ from trainables.trial import executor, trial_resources
 TRIAL_FUNCTION_CPU = 0.01  # Ray refuses 0; with the train executor the trial function only waits
 
 
+def trial_needs(study: spaces.Study) -> tuple[float, float]:
+    """(CPUs, GPUs) one trial holds. With the ``train`` executor the trial's function holds a CPU
+    sliver besides its workers."""
+    r = study.config["resources"]
+    cpus = TRIAL_FUNCTION_CPU + r["workers_per_trial"] * r["cpus_per_worker"] if executor(r) == "train" \
+        else r["cpus_per_worker"]
+    return cpus, r["workers_per_trial"] * r["gpus_per_worker"]
+
+
+def refuse_unfit(study: spaces.Study, total_cpus: float, total_gpus: float) -> None:
+    cpus, gpus = trial_needs(study)
+    if cpus > total_cpus or gpus > total_gpus:
+        raise RankhouseError(f"{study.file}: resources: a trial needs {cpus:g} CPUs and {gpus:g} GPUs but the "
+                             f"cluster has {total_cpus:g} and {total_gpus:g}; lower resources.cpus_per_worker "
+                             "or resources.gpus_per_worker")
+
+
 def concurrency(study: spaces.Study, total_cpus: float, total_gpus: float, autoscaling: bool = False) -> int:
     """Trials that fit side by side. With the ``train`` executor a trial's function holds a CPU
     sliver and its workers are placed later: more trials than fit would start, then wait on
@@ -38,18 +55,12 @@ def concurrency(study: spaces.Study, total_cpus: float, total_gpus: float, autos
 
     On a cluster (``RAY_ADDRESS``) the autoscaler may add GPU nodes that do not exist yet (node
     types scale from 0), so there a request beyond today's resources is a note, not an error."""
-    r = study.config["resources"]
-    cpus = TRIAL_FUNCTION_CPU + r["workers_per_trial"] * r["cpus_per_worker"] if executor(r) == "train" \
-        else r["cpus_per_worker"]
-    gpus = r["workers_per_trial"] * r["gpus_per_worker"]
+    cpus, gpus = trial_needs(study)
     if (cpus > total_cpus or gpus > total_gpus) and autoscaling:
         print(f"note: a trial needs {cpus:g} CPUs and {gpus:g} GPUs, the cluster has {total_cpus:g} and "
               f"{total_gpus:g} now; trials wait for the autoscaler to add nodes")
         return study.config["search"]["max_concurrent"]
-    if cpus > total_cpus or gpus > total_gpus:
-        raise RankhouseError(f"{study.file}: resources: a trial needs {cpus:g} CPUs and {gpus:g} GPUs but the "
-                             f"cluster has {total_cpus:g} and {total_gpus:g}; lower resources.cpus_per_worker "
-                             "or resources.gpus_per_worker")
+    refuse_unfit(study, total_cpus, total_gpus)
     fits = int(total_cpus // cpus)
     if gpus > 0:
         fits = min(fits, int(total_gpus // gpus))
@@ -58,6 +69,17 @@ def concurrency(study: spaces.Study, total_cpus: float, total_gpus: float, autos
         print(f"note: search.max_concurrent {wanted} lowered to {fits}: that many trials fit in the "
               f"cluster's {total_cpus:g} CPUs / {total_gpus:g} GPUs")
     return max(1, min(wanted, fits))
+
+
+def trial_limit(study: spaces.Study, out: Path) -> int:
+    """Start (or join) the search's Ray and return how many trials fit side by side. A trial
+    that fits nowhere is refused here, before the corpus is prepared or a run is created."""
+    import ray
+
+    launch_ray(out)
+    resources = ray.cluster_resources()
+    return concurrency(study, resources.get("CPU", 0), resources.get("GPU", 0),
+                       autoscaling=bool(os.environ.get("RAY_ADDRESS")))
 
 
 def storage_root(study: spaces.Study, out: Path) -> str:
@@ -75,11 +97,10 @@ def experiment_path(out: Path, study: spaces.Study, parent_id: str) -> str:
 
 
 def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, parent_id: str,
-               resume: bool = False, train: Callable | None = None):
+               resume: bool = False, train: Callable | None = None, limit: int | None = None):
     """Ray Tune over the study's trials. ``train`` replaces ``trainables.loop.train`` in every
     trial (same signature; everything around it is the platform's): benchmarks/scheduling.py
     runs a trivial one to measure the search's own bookkeeping."""
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -87,14 +108,11 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
     from platform.searcher import BestEpochOptunaSearch, sampler
     from trainables.trial import run_trial
 
-    launch_ray(out)
+    limit = trial_limit(study, out) if limit is None else limit
     cfg = study.config
     metric, mode = cfg["objective"]["metric"], cfg["objective"]["mode"]  # the primary: ASHA stops on it
     objs = spaces.objectives(cfg)
     s = cfg["search"]
-    resources = ray.cluster_resources()
-    limit = concurrency(study, resources.get("CPU", 0), resources.get("GPU", 0),
-                        autoscaling=bool(os.environ.get("RAY_ADDRESS")))
     optuna_args = dict(
         space=spaces.DefineByRun(study.params),
         configs=spaces.SampleToConfig(study.params),
@@ -198,7 +216,12 @@ def main(argv: list[str]) -> int:
         stopped = stop_stale_ray(out)
         if stopped:
             print(f"resume: stopped {stopped} process(es) of the Ray the killed driver had started")
+    if not os.environ.get("RAY_ADDRESS"):  # a local Ray has at most this machine: refuse before any work
+        import torch
+
+        refuse_unfit(study, os.cpu_count() or 1, torch.cuda.device_count())
     prepared = prepare(study)
+    limit = trial_limit(study, out)  # Ray's own count; a search it refuses has created no run yet
     experiment, exp_id, parent_id = resume_parent(uri, study) if args.resume else start_parent(uri, study, prepared, out)
     metric = study.config["objective"]["metric"]
     print(f"tracking: {uri}\nexperiment: {experiment}\nparent run: {parent_id}\n"
@@ -207,7 +230,7 @@ def main(argv: list[str]) -> int:
           f"{metric} = {prepared.base_metrics.get(metric, float('nan')):.3f}")
     mlflow = tracking.client(uri)
     try:
-        results = run_search(study, prepared, out, uri, exp_id, parent_id, resume=args.resume)
+        results = run_search(study, prepared, out, uri, exp_id, parent_id, resume=args.resume, limit=limit)
     except BaseException:
         mlflow.set_terminated(parent_id, status="FAILED")
         raise

@@ -320,3 +320,20 @@ def test_rollback_restores_the_previous_champion_once(study):
     proc, _ = s.promote("rollback-again", "--rollback")
     assert proc.returncode == 2 and "no previous champion" in proc.stderr
     assert champion(s) == "1"
+
+
+def test_a_later_search_without_a_finished_trial_does_not_shadow_the_last_real_one(study, capsys):
+    """A search that crashed before finishing any trial leaves a FAILED parent run: promote's
+    candidate is still the latest search that finished trials, and it says what it skipped."""
+    from platform import promote, spaces
+    from trainables import tags
+
+    s = study["study"]
+    client = s.client()
+    exp = client.get_experiment_by_name("promo")
+    empty = client.create_run(exp.experiment_id, tags={tags.STUDY: "promo"})
+    client.set_terminated(empty.info.run_id, status="FAILED")
+    chosen, value = promote.pick_candidate(client, spaces.load(s.space), s.uri, None)
+    assert chosen.info.run_id == study["s3"]["best"]["run_id"]
+    assert value == pytest.approx(study["s3"]["best"]["best"])
+    assert f"note: skipped search {empty.info.run_id} (FAILED): no finished trial" in capsys.readouterr().out

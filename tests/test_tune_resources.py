@@ -30,3 +30,22 @@ def test_fractional_gpus_share_a_device_and_an_autoscaling_cluster_waits_for_nod
     study = spaces.load(SPACE, ["resources.gpus_per_worker=0.25", "search.max_concurrent=8"])
     assert concurrency(study, 16, 1) == 4
     assert concurrency(study, 2, 0, autoscaling=True) == 8
+
+
+def test_a_search_no_machine_can_hold_is_refused_before_anything_runs(tmp_path):
+    """One line and exit 2; no corpus rendered, no Ray started, no MLflow run left behind to
+    shadow the study's last real search."""
+    import os
+    import subprocess
+    import sys
+
+    out, home = tmp_path / "out", tmp_path / "home"
+    proc = subprocess.run([sys.executable, "-m", "platform.tune", str(SPACE), "resources.cpus_per_worker=512",
+                           f"tracking.output={out}"], cwd=SPACE.parents[1], capture_output=True, text=True,
+                          env={**os.environ, "RANKHOUSE_HOME": str(home)}, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"rankhouse: error: {SPACE}: resources: a trial needs 512 CPUs and 0 GPUs but the cluster has "
+        f"{os.cpu_count()} and 0; lower resources.cpus_per_worker or resources.gpus_per_worker"]
+    assert not home.exists()  # nothing rendered
+    assert not out.exists() or not any(out.iterdir())  # no Ray session, no MLflow store
