@@ -67,6 +67,27 @@ def test_resume_from_checkpoint_continues_exactly(config, tmp_path, one_thread):
     assert rest[0]["train/loss"] == full[1]["train/loss"]
 
 
+def test_real_optimizer_steps_leave_the_frozen_base_unchanged(config, one_thread):
+    """After real AdamW steps (weight decay included) every frozen weight is bit for bit what the
+    trial started from; the adapters and the rebuilt heads, and only they, moved."""
+    setups, before = [], {}
+
+    def snapshot(setup):
+        setups.append(setup)
+        before.update({n: p.detach().clone() for n, p in setup.model.named_parameters()})
+
+    loop.train(config, lambda metrics, folder: None, device=torch.device("cpu"), log=lambda *a: None,
+               on_setup=snapshot)
+    after = dict(setups[0].model.named_parameters())
+    frozen = [n for n, p in after.items() if not p.requires_grad]
+    trained = [n for n, p in after.items() if p.requires_grad]
+    assert frozen and all(torch.equal(after[n].detach(), before[n]) for n in frozen)
+    assert {n for n in trained if "lora_" not in n} and all(
+        "lora_" in n or ".modules_to_save." in n for n in trained)
+    moved = [n for n in trained if not torch.equal(after[n].detach(), before[n])]
+    assert any("lora_B" in n for n in moved) and any(".modules_to_save." in n for n in moved)
+
+
 def test_non_finite_loss_fails_the_trial_with_the_reason(config, one_thread):
     config["optim"].update(lr=1e30, schedule="constant", warmup=0.0, grad_clip=0.0)
     config["train"].update(epochs=1, steps_per_epoch=6)
