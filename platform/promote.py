@@ -151,14 +151,14 @@ def history(client, name: str) -> list[str]:
     return [v for v in model_tags.get(tags.CHAMPION_HISTORY, "").split(",") if v]
 
 
-def register(client, name: str, run_id: str, version_tags: dict) -> str:
+def register(client, name: str, run_id: str, version_tags: dict, description: str) -> str:
     from mlflow.exceptions import MlflowException
 
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="LoRA adapters promoted by rankhouse (alias: champion)")
-    mv = client.create_model_version(name, source=f"runs:/{run_id}/adapter", run_id=run_id,
+    mv = client.create_model_version(name, source=f"runs:/{run_id}/adapter", run_id=run_id, description=description,
                                      tags={k: str(v)[:5000] for k, v in version_tags.items()})
     client.set_registered_model_alias(name, ALIAS, mv.version)
     client.set_registered_model_tag(name, tags.CHAMPION_HISTORY, ",".join([*history(client, name), str(mv.version)]))
@@ -283,7 +283,11 @@ def promote(client, study: spaces.Study, name: str, uri: str, args, min_gain: fl
         sha = export.write_merged(candidate, merged)
         version_tags.update({tags.MERGED: str(merged), tags.MERGED_SHA256: sha})
         result["merged"] = {"path": str(merged), "sha256": sha}
-    version = register(client, name, run_id, version_tags)
+    # the page a version opens on says what promotion measured
+    description = (f"Promoted by rankhouse from study {study.name}, trial {trial} (run {run_id}). Scored on "
+                   f"{data.description} by {score}: candidate {task.describe(cand_scores)}; {label} "
+                   f"{task.describe(ref_scores)}; gain {gain:+.3f}{unit} (needed >= {min_gain:g}).")
+    version = register(client, name, run_id, version_tags, description)
     client.set_tag(run_id, tags.PROMOTION, f"{decision}; {name} version {version}")
     result.update(decision="promoted", version=version)
     print(f"promoted: {name} version {version} is @{ALIAS} (models:/{name}@{ALIAS})")

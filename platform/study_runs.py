@@ -65,6 +65,24 @@ def resume_parent(uri: str, study: spaces.Study) -> tuple[str, str, str]:
     return mlflow.get_experiment(exp_id).name, exp_id, pid
 
 
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves unless told otherwise
+
+
+def ui_url(uri: str, exp_id: str) -> str:
+    """The study's runs in the MLflow UI's model-training view. MLflow 3 opens an experiment in
+    its GenAI view (traces, judges, prompts) unless the URL's ``workflowType`` asks otherwise."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+
+
+def browse(uri: str, exp_id: str) -> str:
+    """The line that tells a user where to look."""
+    if uri.startswith(("http://", "https://")):
+        return f"browse: {ui_url(uri, exp_id)}"
+    return (f"browse: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000\n"
+            f"        then open {ui_url(uri, exp_id)}")
+
+
 def start_parent(uri: str, study: spaces.Study, prepared, out: Path) -> tuple[str, str, str]:
     mlflow = tracking.client(uri)
     if uri.startswith("sqlite:///"):
@@ -76,6 +94,8 @@ def start_parent(uri: str, study: spaces.Study, prepared, out: Path) -> tuple[st
     # artifacts beside the store (MLflow's default is ./mlruns of whatever the cwd is)
     artifacts = (out / "artifacts").as_uri() if uri.startswith("sqlite:") else None
     exp_id = exp.experiment_id if exp else mlflow.create_experiment(name, artifact_location=artifacts)
+    # for UIs that read the experiment's kind rather than the URL: trials, not traces
+    mlflow.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
     parent = mlflow.create_run(exp_id, run_name=f"{study.name}-study", tags={tags.STUDY: study.name,
                                                                              tags.SPACE: str(study.file)})
     pid = parent.info.run_id

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from platform import pareto, spaces
+from platform.study_runs import ui_url
 from trainables import objective, tags, tracking
 
 def summarize(study: spaces.Study, results, prepared, uri: str, experiment: str, exp_id: str, parent_id: str) -> dict:
@@ -41,7 +42,8 @@ def summarize(study: spaces.Study, results, prepared, uri: str, experiment: str,
         trials.append(row)
     trials.sort(key=lambda t: objective.rank_key(t["best"], mode))
     best = next((t for t in trials if t["best"] is not None and t["adapter"]), None)
-    summary = {"study": study.name, "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent_id,
+    summary = {"study": study.name, "tracking_uri": uri, "experiment": experiment, "experiment_id": exp_id,
+               "ui_url": ui_url(uri, exp_id), "parent_run_id": parent_id,
                "objective": {"metric": metric, "mode": mode}, "base": {"identity": prepared.base_identity,
                                                                        "metrics": prepared.base_metrics},
                "trials": trials, "best": best}
@@ -69,6 +71,32 @@ def short(key: str) -> str:
     if parts[:2] == ("lora", "layer_ranks"):
         return f"r[{parts[2]}]"
     return f"placed[{parts[2]}]" if parts[:2] == ("lora", "placement") else parts[-1]
+
+
+def markdown(summary: dict) -> str:
+    """The closing table as Markdown, for the parent run's description (the note on its MLflow
+    page): the base, then the trials best first, with the objective's parts and the config."""
+    metric = summary["objective"]["metric"]
+    base = summary["base"]["metrics"]
+    parts = sorted(k.removeprefix(metric + "/") for k in base if k.startswith(metric + "/"))
+    lines = [f"Study **{summary['study']}**: {len(summary['trials'])} trials, objective {metric} "
+             f"({summary['objective']['mode']}).", "",
+             "| trial | status | epochs | " + " | ".join([metric, *parts]) + " | config |",
+             "|---|---|---:|" + "---:|" * (1 + len(parts)) + "---|"]
+    if metric in base:
+        lines.append("| base | | | " + " | ".join(f"{base[k]:.3f}" for k in [metric, *(f"{metric}/{p}" for p in parts)])
+                     + " | (no adapter) |")
+    for t in summary["trials"]:
+        values = [_number(t["best"]), *(_number(t["metrics"].get(f"{metric}/{p}")) for p in parts)]
+        cfg = " ".join(f"{short(k)}={v:.3g}" if isinstance(v, float) else f"{short(k)}={v}"
+                       for k, v in t["config"].items())
+        lines.append(f"| {t['trial_id'] or '?'} | {t['status']} | {t['epochs']} | " + " | ".join(values)
+                     + f" | {cfg} |")
+    best = summary["best"]
+    if best:
+        lines += ["", f"Best: trial {best['trial_id']}, {metric} {best['best']:.3f}"
+                      + (f" (base {base[metric]:.3f})" if metric in base else "") + f"; adapter {best['adapter']}."]
+    return "\n".join(lines)
 
 
 def print_table(summary: dict) -> None:

@@ -13,6 +13,8 @@ promotion) and ``platform.summary`` (the summary and the tables printed at the e
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 from pathlib import Path
@@ -21,9 +23,9 @@ from typing import Callable
 from platform import cli, report, spaces
 from platform.preflight import prepare
 from platform.ray_session import launch_ray, stop_stale_ray
-from platform.study_runs import (optuna_storage_url, optuna_study_name, output_dir, resume_parent, start_parent,
-                                 tracking_uri)
-from platform.summary import print_pareto, print_table, summarize
+from platform.study_runs import (browse, optuna_storage_url, optuna_study_name, output_dir, resume_parent,
+                                 start_parent, tracking_uri)
+from platform.summary import markdown, print_pareto, print_table, summarize
 from trainables import tags, tracking
 from trainables.errors import RankhouseError
 from trainables.trial import executor, trial_resources
@@ -97,7 +99,8 @@ def experiment_path(out: Path, study: spaces.Study, parent_id: str) -> str:
 
 
 def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, parent_id: str,
-               resume: bool = False, train: Callable | None = None, limit: int | None = None):
+               resume: bool = False, train: Callable | None = None, limit: int | None = None,
+               console: str = "normal"):
     """Ray Tune over the study's trials. ``train`` replaces ``trainables.loop.train`` in every
     trial (same signature; everything around it is the platform's): benchmarks/scheduling.py
     runs a trivial one to measure the search's own bookkeeping."""
@@ -105,6 +108,7 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
+    from platform.console import TrialLines, tune_verbosity
     from platform.searcher import BestEpochOptunaSearch, sampler
     from trainables.trial import run_trial
 
@@ -164,7 +168,8 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=root, verbose=1,
+            name=name, storage_path=root, verbose=tune_verbosity(console),
+            callbacks=[TrialLines(study, metric, mode)] if console == "normal" else [],
             # retried at one level only: here for the direct executor, by Ray Train for the train executor
             failure_config=tune.FailureConfig(
                 max_failures=cfg["resources"]["max_failures"] if executor(cfg["resources"]) == "direct" else 0),
@@ -197,17 +202,8 @@ def close_child_runs(study: spaces.Study, results, uri: str, exp_id: str, parent
             mlflow.set_terminated(run.info.run_id, status="KILLED")
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m platform.tune", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("space", type=Path, help="search-space YAML, e.g. search_spaces/techhouse.yaml")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. search.num_samples=4 train.epochs=2")
-    p.add_argument("--json", type=Path, help="write the summary here")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the study's latest search after its driver died: finished trials are kept, "
-                        "unfinished ones resume from their checkpoints, in the same MLflow runs")
-    args = p.parse_args(argv)
-
+def search(args, console: str) -> tuple[spaces.Study, dict, object, dict, str]:
+    """The search itself, up to its closing table: (study, summary, prepared, plots, uri)."""
     study = spaces.load(args.space, args.overrides)
     out = output_dir(study)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,13 +220,13 @@ def main(argv: list[str]) -> int:
     limit = trial_limit(study, out)  # Ray's own count; a search it refuses has created no run yet
     experiment, exp_id, parent_id = resume_parent(uri, study) if args.resume else start_parent(uri, study, prepared, out)
     metric = study.config["objective"]["metric"]
-    print(f"tracking: {uri}\nexperiment: {experiment}\nparent run: {parent_id}\n"
-          f"browse: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    print(f"tracking: {uri}\nexperiment: {experiment}\nparent run: {parent_id}\n{browse(uri, exp_id)}")
     print(f"base: {prepared.base_identity['name']} ({(prepared.base_identity['sha256'] or '')[:12]}) "
           f"{metric} = {prepared.base_metrics.get(metric, float('nan')):.3f}")
     mlflow = tracking.client(uri)
     try:
-        results = run_search(study, prepared, out, uri, exp_id, parent_id, resume=args.resume, limit=limit)
+        results = run_search(study, prepared, out, uri, exp_id, parent_id, resume=args.resume, limit=limit,
+                             console=console)
     except BaseException:
         mlflow.set_terminated(parent_id, status="FAILED")
         raise
@@ -252,7 +248,31 @@ def main(argv: list[str]) -> int:
         for t in summary["pareto"]:
             mlflow.set_tag(t["run_id"], tags.PARETO, "true")
         mlflow.log_metric(parent_id, "pareto_size", len(summary["pareto"]))
+    mlflow.set_tag(parent_id, "mlflow.note.content", markdown(summary))  # the run page's description
     mlflow.set_terminated(parent_id, status="FINISHED")
+    return study, summary, prepared, plots, uri
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m platform.tune", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("space", type=Path, help="search-space YAML, e.g. search_spaces/techhouse.yaml")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. search.num_samples=4 train.epochs=2")
+    p.add_argument("--json", type=Path, help="write the summary here")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", action="store_true", help="print only the closing table (and errors)")
+    shown.add_argument("--verbose", action="store_true", help="print Ray Tune's own status tables instead of a "
+                                                               "line per trial event")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the study's latest search after its driver died: finished trials are kept, "
+                        "unfinished ones resume from their checkpoints, in the same MLflow runs")
+    args = p.parse_args(argv)
+
+    console = "quiet" if args.quiet else "verbose" if args.verbose else "normal"
+    # --quiet: what the search says on the way is dropped; errors (stderr) and the closing table stay
+    with contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext():
+        study, summary, prepared, plots, uri = search(args, console)
+    metric = study.config["objective"]["metric"]
     print_table(summary)
     print_pareto(summary)
     if summary["best"]:
@@ -273,7 +293,7 @@ def main(argv: list[str]) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=1, default=str))
         print(f"summary: {args.json}")
-    print(f"browse: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    print(browse(uri, summary["experiment_id"]))
     return 0 if summary["best"] else 1
 
 

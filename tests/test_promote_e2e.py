@@ -142,6 +142,10 @@ def test_first_promotion_beats_the_base_and_registers_version_1(study):
     assert float(version.tags["rankhouse.holdout_sdr"]) == pytest.approx(decision["candidate"]["holdout"]["sdr"],
                                                                          abs=1e-3)
     assert version.tags["rankhouse.decision"].startswith("promoted")
+    # the version's description says what promotion measured, in words and numbers
+    assert version.description.startswith(f"Promoted by rankhouse from study promo, trial {decision['candidate']['trial_id']}")
+    assert f"gain {decision['gain']:+.3f} dB (needed >= 0)" in version.description
+    assert decision["holdout"] in version.description and "base (no adapter)" in version.description
 
 
 def test_a_worse_study_is_refused_with_both_scores_and_the_alias_kept(study):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,8 +60,46 @@ def test_cli_prints_where_to_look(search):
     proc, summary, _ = search
     assert f"parent run: {summary['parent_run_id']}" in proc.stdout
     assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
+    # the link opens the study's runs in MLflow 3's model-training view, not its GenAI one
+    url = f"http://127.0.0.1:5000/#/experiments/{summary['experiment_id']}/runs?workflowType=machine_learning"
+    assert summary["ui_url"] == url and proc.stdout.count(f"then open {url}") == 2
+    from trainables import tracking
+
+    experiment = tracking.client(summary["tracking_uri"]).get_experiment(summary["experiment_id"])
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert summary["best"] is not None and summary["best"]["run_id"] == summary["trials"][0]["run_id"]
     assert set(summary["base"]["metrics"]) >= {"valid/sdr", "valid/sdr/kick", "valid/sdr/vocals"}
+
+
+@pytest.mark.slow
+def test_the_console_shows_each_trial_s_objective_once_per_epoch(search):
+    """A line per trial event, the objective in each epoch's; Tune's status tables stay out."""
+    proc, summary, _ = search
+    out = proc.stdout
+    for t in summary["trials"]:
+        assert len(re.findall(rf"trial {t['trial_id']} started: rank=\d+ alpha=", out)) == 1
+        epochs = re.findall(rf"trial {t['trial_id']} epoch (\d)/2: valid/sdr (-?[\d.]+) \(trial best", out)
+        assert [int(e) for e, _ in epochs] == [1, 2]
+        assert float(epochs[-1][1]) == pytest.approx(t["metrics"]["valid/sdr"], abs=1e-3)
+        assert re.search(rf"trial {t['trial_id']} finished: best valid/sdr {t['best']:.3f}", out)
+    assert "Trial status:" not in out and "Current best trial" not in out
+
+
+@pytest.mark.slow
+def test_quiet_prints_only_the_closing_table(base_checkpoint, tmp_path):
+    cmd = [sys.executable, "-m", "platform.tune", "search_spaces/techhouse.yaml", "--quiet",
+           f"model.base={base_checkpoint}", "search.num_samples=1", "search.scheduler.type=fifo",
+           "train.epochs=1", "train.steps_per_epoch=1", "train.batch_size=1", "data.segment=2.0",
+           "train.valid_max_seconds=2.0", "data.embedded.songs=4", "data.embedded.seconds=6.0",
+           "resources.cpus_per_worker=0.9", f"tracking.output={tmp_path / 'out'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "RANKHOUSE_HOME": str(tmp_path / "home")},
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert lines[0].startswith("trial ") and "valid/sdr" in lines[0]  # the table's head comes first
+    assert lines[-2].startswith("browse: mlflow ui") and lines[-1].strip().startswith("then open http://127.0.0.1")
+    assert not [line for line in lines if line.startswith(("preflight:", "tracking:", "parent run:"))]
+    assert len(lines) <= 11, proc.stdout  # table (head, rule, base, 1 trial, note), best, gains, plots, browse x2
 
 
 @pytest.mark.slow
@@ -71,10 +110,18 @@ def test_parent_and_child_runs_with_sdr_per_epoch(search):
     mlflow = tracking.client(summary["tracking_uri"])
     parent = mlflow.get_run(summary["parent_run_id"])
     assert parent.info.status == "FINISHED"
+    # the parent run's description is the closing table: base first, then the trials best first
+    note = parent.data.tags["mlflow.note.content"].splitlines()
+    rows = [line.split(" | ")[0].removeprefix("| ") for line in note if line.startswith("| ")][1:]
+    assert rows == ["base", *(t["trial_id"] for t in summary["trials"])]
+    assert f"{summary['trials'][0]['best']:.3f}" in note[note.index(next(r for r in note if r.startswith("| base"))) + 1]
     children = list(tracking.children(mlflow, parent.info.experiment_id, parent.info.run_id))
     assert len(children) == 2
     for run in children:
         assert run.info.status == "FINISHED"
+        # listed in the UI by trial, rank and learning rate
+        assert re.fullmatch(rf"{run.data.tags['rankhouse.trial_id']} r{run.data.params['lora.rank']} "
+                            rf"lr{float(run.data.params['optim.lr']):.2g}", run.info.run_name), run.info.run_name
         steps = [m.step for m in mlflow.get_metric_history(run.info.run_id, "valid/sdr")]
         assert steps == [1, 2]
         for source in ("kick", "hihat", "bass", "other", "vocals"):

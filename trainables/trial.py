@@ -58,6 +58,13 @@ def trial_resources(resources: dict, trial_function_cpu: float) -> dict:
     return {"cpu": trial_function_cpu}
 
 
+def run_name(trial_id: str, cfg: dict) -> str:
+    """What the MLflow UI lists a trial as: ``<trial id> r<rank> lr<lr>`` (``full`` without LoRA)."""
+    lora_cfg = cfg.get("lora")
+    rank = f"r{lora_cfg['rank']}" if lora_cfg else "full"
+    return f"{trial_id} {rank} lr{cfg['optim']['lr']:.2g}"
+
+
 def run_trial(sample: dict, study: dict) -> None:
     """Tune function trainable: one trial. ``sample`` is the searcher's, nested in the config
     sections it belongs in (``platform.spaces.SampleToConfig``); the trial's config is the
@@ -70,7 +77,7 @@ def run_trial(sample: dict, study: dict) -> None:
     t = study["tracking"]
     mlflow = tracking.client(t["uri"])
     run_id, found = tracking.child_run(mlflow, t["experiment_id"], t["parent_id"], study["name"],
-                                       ctx.get_trial_id(), ctx.get_trial_name())
+                                       ctx.get_trial_id(), run_name(ctx.get_trial_id(), cfg))
     if found == "FINISHED":
         # restored by --resume after the driver died between the trial's end and Tune saving it:
         # the trial is complete (MLflow has every epoch and its adapter); nothing is trained again
