@@ -266,7 +266,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--resume", action="store_true",
                    help="continue the study's latest search after its driver died: finished trials are kept, "
                         "unfinished ones resume from their checkpoints, in the same MLflow runs")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # flags may come after the overrides, or between them
 
     console = "quiet" if args.quiet else "verbose" if args.verbose else "normal"
     # --quiet: what the search says on the way is dropped; errors (stderr) and the closing table stay
