@@ -84,7 +84,7 @@ def count(prepared_cfg: dict, lora_cfg: dict) -> int:
     the platform's budget counter counts them."""
     from platform.budget import ParameterCounter
 
-    return ParameterCounter({**prepared_cfg, "lora": lora_cfg}, {})({})
+    return ParameterCounter({**prepared_cfg, "lora": lora_cfg})({})
 
 
 def search(args, study_file: Path, rank: int, budget: int, alpha: float, work: Path) -> dict:

@@ -81,6 +81,22 @@ def test_shipped_spaces_take_their_common_part_from_one_shared_file(name):
     assert config["search"]["num_samples"] == want and config["optim"]["grad_clip"] == own["optim"]["grad_clip"]
 
 
+@pytest.mark.parametrize("name", ["techhouse", "techhouse_gpu", "bs_roformer_techhouse", "bs_roformer_vocals",
+                                  "scnet_techhouse"])
+def test_every_rank_a_shipped_space_can_sample_fits_its_embedded_base(name):
+    """What preflight checks before a search starts, checked for the shipped spaces: the widest
+    adapter any trial could ask for applies to the embedded base (no rank above a layer's width)."""
+    from platform.preflight import widest_lora
+    from trainables import lora
+    from trainables.family import get_family
+
+    study = spaces.load(ROOT / "search_spaces" / f"{name}.yaml")
+    family = get_family(study.config["model"]["family"])
+    model, heads = family.adapt(family.build_base(study.config["model"]), study.config["model"])
+    _, ranks = family.apply_lora(model, lora.LoraSpec.from_config(widest_lora(study)), heads)
+    assert ranks and all(r >= 1 for r in ranks.values())
+
+
 def test_split_key():
     assert spaces.split_key('lora.layer_ranks."encoder.0.*"') == ("lora", "layer_ranks", "encoder.0.*")
     assert spaces.split_key("optim.lr") == ("optim", "lr")
