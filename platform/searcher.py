@@ -38,6 +38,10 @@ from ray.tune.search.optuna import OptunaSearch
 
 from trainables import objective
 
+# the search's console is a line per trial event (platform/console.py): Optuna's INFO lines
+# ("A new study created ...") are not among them; its warnings still are
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
 
 def startup_trials(search: dict) -> int:
     """How many samples TPE draws at random before it models the results.
