@@ -88,6 +88,20 @@ def test_real_optimizer_steps_leave_the_frozen_base_unchanged(config, one_thread
     assert any("lora_B" in n for n in moved) and any(".modules_to_save." in n for n in moved)
 
 
+def test_msst_s_masked_loss_trains_another_adapter(config, tmp_path, one_thread):
+    """``train.loss: msst_masked`` reaches the loop: the same run with it ends elsewhere than with L1."""
+    config["train"]["batch_size"] = 2  # the mask drops each batch's worst items: one item would be all
+    l1, masked = tmp_path / "l1", tmp_path / "masked"
+    l1.mkdir(), masked.mkdir()
+    first = run(config, keep=l1)
+    config["train"]["loss"] = "msst_masked"
+    second = run(config, keep=masked)
+    assert all(torch.isfinite(torch.tensor(r["train/loss"])) for r in first + second)
+    assert first[-1]["train/loss"] != second[-1]["train/loss"]
+    a, b = adapter(l1 / "epoch2"), adapter(masked / "epoch2")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
 def test_non_finite_loss_fails_the_trial_with_the_reason(config, one_thread):
     config["optim"].update(lr=1e30, schedule="constant", warmup=0.0, grad_clip=0.0)
     config["train"].update(epochs=1, steps_per_epoch=6)

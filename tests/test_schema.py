@@ -30,7 +30,8 @@ def test_a_config_written_in_code_runs_with_the_documented_defaults():
 def test_a_tasks_options_join_the_generic_sections_and_are_validated():
     full = schema.for_family(get_family("htdemucs"))
     assert set(full["data"]) == {"root", "cache_dir", "embedded", "stems", "segment", "tolerance_db"}
-    assert set(full["train"]) == set(schema.SCHEMA["train"])
+    assert set(full["train"]) == set(schema.SCHEMA["train"]) | {"loss", "loss_quantile"}  # the task's, added
+    assert "loss" not in schema.SCHEMA["train"]
     with pytest.raises(RankhouseError, match=r"^f: data.segment: -1.0; expected seconds > 0$"):
         schema.validate(full, {"study": "s", "model": {"sources": ["a"]}, "data": {"segment": -1}}, "f: ")
     with pytest.raises(RankhouseError, match=r"^f: model.sources: required; set it in the file or as model.sources="):

@@ -100,7 +100,7 @@ class MoodTask(Task):
     def batches(self, data: Split, cfg: dict, base, seed: int) -> Draws:
         return Draws(data, seed)
 
-    def loss(self, model: nn.Module, batch: tuple) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch: tuple, cfg: dict) -> torch.Tensor:
         x, y = batch
         return nn.functional.cross_entropy(model(x), y)
 

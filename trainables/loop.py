@@ -181,7 +181,7 @@ class Recipe:
         for _ in range(self.steps):
             batch = tuple(torch.as_tensor(x).to(self.device) for x in self.batches.sample(self.batch_size))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-                loss = task.loss(self.train_model, batch)
+                loss = task.loss(self.train_model, batch, self.cfg)
             if not torch.isfinite(loss):
                 raise TrialFailed(f"non-finite training loss ({loss.item()}) at step {self.step}; lower optim.lr "
                                   "or set optim.grad_clip")

@@ -54,6 +54,15 @@ def separate(model: nn.Module, mix: torch.Tensor, segment: int, overlap: float =
     return out / weight.clamp_min(1e-8)
 
 
+def masked_mse(estimates: torch.Tensor, targets: torch.Tensor, q: float) -> torch.Tensor:
+    """MSST's default training loss (its ``masked_loss`` with ``coarse_loss_clip``): the MSE of each
+    (source, item) of a (B, S, C, T) batch; per source, the items whose error is at or above the
+    batch's ``q``-quantile count as 0, so a few badly mixed segments do not steer the step."""
+    errors = ((estimates - targets) ** 2).mean(dim=(-2, -1)).transpose(0, 1)  # (S, B)
+    cut = torch.quantile(errors.detach(), q, dim=1, keepdim=True)
+    return (errors * (errors < cut)).mean()
+
+
 def evaluate_tracks(model: nn.Module, cache, sources: dict, samplerate: int, segment_seconds: float,
                     device: torch.device, max_seconds: float | None = None) -> dict:
     """Whole-track validation: ``valid/loss`` (L1) and nSDR per source and mean, averaged over tracks."""
@@ -122,13 +131,21 @@ class Separation(Task):
             "tolerance_db": Key(30.0, "the mixture minus the sum of its stems must be this many dB below the mixture",
                                 rule=lambda v: v > 0, expect="dB > 0"),
         },
+        "train": {
+            "loss": Key("l1", "l1 (Demucs' loss) or msst_masked (MSST's default for SCNet and HT-Demucs: MSE per "
+                              "source and item, the items at or above train.loss_quantile dropped)",
+                        rule=lambda v: v in ("l1", "msst_masked"), expect="l1 or msst_masked"),
+            "loss_quantile": Key(0.95, "msst_masked: the quantile of a batch's per-item errors that is dropped "
+                                       "(MSST's training.q)", rule=lambda v: 0 < v <= 1, expect="0 < q <= 1"),
+        },
         "registry": {"holdout": {"embedded": {**EMBEDDED, "songs": Key(4, "songs rendered"),
                                               "seconds": Key(12.0, "seconds per song"),
                                               "seed": Key(1000, "the render's seed (no search uses it)")}}},
     }
 
     def metrics(self, cfg: dict) -> dict[str, Metric]:
-        out = {"train/loss": Metric("min", "", "L1 between estimated and reference waveforms, training batches"),
+        out = {"train/loss": Metric("min", "", "train.loss between estimated and reference waveforms, training "
+                                               "batches"),
                "valid/loss": Metric("min", "", "L1 between estimated and reference waveforms, whole valid tracks"),
                "valid/sdr": Metric("max", "dB", "nSDR (energy ratio over a whole track), mean over sources")}
         for s in cfg["model"].get("sources") or []:
@@ -136,6 +153,9 @@ class Separation(Task):
         return out
 
     def check_config(self, cfg: dict) -> None:
+        if cfg["train"]["loss"] == "msst_masked" and cfg["train"]["batch_size"] < 2:
+            raise RankhouseError("train.loss: msst_masked drops each batch's worst items, which with "
+                                 "train.batch_size 1 is every item; use batch_size >= 2 or loss l1")
         sources = cfg["model"]["sources"]
         unknown = sorted(set(cfg["data"].get("stems") or {}) - set(sources))
         if unknown:
@@ -188,10 +208,13 @@ class Separation(Task):
         return SegmentSampler(data, sources_of(cfg),
                               int(cfg["data"]["segment"] * base.samplerate), seed, augment)
 
-    def loss(self, model: nn.Module, batch: tuple) -> torch.Tensor:
-        """L1 on waveforms, as Demucs and MSST train."""
+    def loss(self, model: nn.Module, batch: tuple, cfg: dict) -> torch.Tensor:
+        """``train.loss`` on waveforms: L1 (Demucs'), or MSST's default (``msst_masked``)."""
         mix, targets = batch
-        return (model(mix) - targets).abs().mean()
+        estimates = model(mix)
+        if cfg["train"]["loss"] == "l1":
+            return (estimates - targets).abs().mean()
+        return masked_mse(estimates, targets, cfg["train"]["loss_quantile"])
 
     def evaluate(self, model: nn.Module, data: cache.StemCache, cfg: dict, base, device: torch.device) -> dict:
         return evaluate_tracks(model, data, sources_of(cfg), base.samplerate,

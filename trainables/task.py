@@ -109,8 +109,8 @@ class Task(ABC):
 
     # ---- training and evaluation ----------------------------------------------------------
     @abstractmethod
-    def loss(self, model: nn.Module, batch: tuple) -> torch.Tensor:
-        """The training loss of a batch (on the model's device)."""
+    def loss(self, model: nn.Module, batch: tuple, cfg: dict) -> torch.Tensor:
+        """The training loss of a batch (on the model's device); ``cfg`` may choose it."""
 
     @abstractmethod
     def evaluate(self, model: nn.Module, data: Any, cfg: dict, base, device: torch.device) -> dict[str, float]:
