@@ -27,23 +27,33 @@ def title(pid: int) -> str:
 @pytest.mark.slow
 def test_a_killed_driver_resumes_the_study(tiny_search, tmp_path):
     from platform.ray_session import stale_ray_processes
-    from trainables import tracking
+    from trainables import tags, tracking
 
-    out, env = tiny_search.out, tiny_search.env
+    # Tune saves its experiment state at most once a second: the kill below waits for a save
+    out, env = tiny_search.out, {**tiny_search.env, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     cmd = tiny_search.cmd(f"search.num_samples={TRIALS}", "search.max_concurrent=1", f"train.epochs={EPOCHS}",
                           "train.steps_per_epoch=4")
     log = tmp_path / "first.log"
 
     def kill_between_trials(parent_id, runs):
+        """One trial finished; the second one's epoch-1 checkpoint has been taken in by the
+        driver (its result.json) and saved with Tune's experiment state since: kill the driver."""
         done = [r for r in runs if r.info.status == "FINISHED"]
-        if done and len(runs) == 2:  # one trial finished, the second one is training
-            os.kill(driver.pid, signal.SIGKILL)
-            return parent_id, done[0]
-        return None
+        running = [r for r in runs if r.info.status == "RUNNING" and tags.TRIAL_ID in r.data.tags]
+        if not done or len(runs) != 2 or not running:
+            return None
+        results = list(out.glob(f"ray/*/trial_{running[0].data.tags[tags.TRIAL_ID]}/result.json"))
+        states = list(out.glob("ray/*/experiment_state-*.json"))
+        if not results or not results[0].read_text().count("\n") or not states:
+            return None
+        if states[0].stat().st_mtime_ns <= results[0].stat().st_mtime_ns:
+            return None
+        os.kill(driver.pid, signal.SIGKILL)
+        return parent_id, done[0], running[0]
 
     with open(log, "w") as sink:
         driver = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
-        parent_id, first = tiny_search.watch(driver, log, kill_between_trials) or (None, None)
+        parent_id, first, interrupted = tiny_search.watch(driver, log, kill_between_trials) or (None, None, None)
         driver.wait(timeout=60)
     assert first is not None, "the driver was not caught mid-search: " + log.read_text()[-2000:]
     mlflow = tracking.client(f"sqlite:///{out / 'mlflow.db'}")
@@ -65,6 +75,9 @@ def test_a_killed_driver_resumes_the_study(tiny_search, tmp_path):
     assert len({t["trial_id"] for t in result["trials"]}) == TRIALS
     for t in result["trials"]:
         assert t["epochs"] == EPOCHS
+    # the interrupted trial continued from the epoch-1 checkpoint its first process wrote
+    assert mlflow.get_run(interrupted.info.run_id).data.tags[tags.RESUMED_FROM_EPOCH] == "1"
+    assert [m.step for m in mlflow.get_metric_history(interrupted.info.run_id, "valid/sdr")].count(1) == 1
     # the trial that had finished was not trained again
     again = mlflow.get_metric_history(first.info.run_id, "valid/sdr")
     assert sorted(m.step for m in again) == list(range(1, EPOCHS + 1))
