@@ -14,18 +14,13 @@ import time
 from ray.tune import Callback
 
 from platform import spaces
-from platform.summary import short
-
-VERBOSITY = ("quiet", "normal", "verbose")
+from platform.summary import describe, number
+from trainables import objective
 
 
 def tune_verbosity(level: str) -> int:
     """Ray Tune's ``RunConfig.verbose`` for a console level: Tune speaks only when asked to."""
     return 1 if level == "verbose" else 0
-
-
-def describe(values: dict) -> str:
-    return " ".join(f"{short(k)}={v:.3g}" if isinstance(v, float) else f"{short(k)}={v}" for k, v in values.items())
 
 
 class TrialLines(Callback):
@@ -36,9 +31,6 @@ class TrialLines(Callback):
         self.epochs = study.config["train"]["epochs"]
         self.best: dict[str, float] = {}
         self.started = time.monotonic()
-
-    def _better(self, value: float, than: float | None) -> bool:
-        return than is None or (value > than if self.mode == "max" else value < than)
 
     def _stamp(self) -> str:
         return f"[{(time.monotonic() - self.started) / 60:5.1f} min]"
@@ -52,18 +44,17 @@ class TrialLines(Callback):
         if value is None:
             return
         tid = trial.trial_id
-        if self._better(value, self.best.get(tid)):
+        if objective.better(value, self.best.get(tid), self.mode):
             self.best[tid] = value
-        study_best = max(self.best.values()) if self.mode == "max" else min(self.best.values())
+        trial_best, study_best = self.best.get(tid), objective.best(self.best.values(), self.mode)
         print(f"{self._stamp()} trial {tid} epoch {result.get('epoch', '?')}/{self.epochs}: {self.metric} "
-              f"{value:.3f} (trial best {self.best[tid]:.3f}, study best {study_best:.3f})", flush=True)
+              f"{value:.3f} (trial best {number(trial_best)}, study best {number(study_best)})", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         best = self.best.get(trial.trial_id)
         epochs = (trial.last_result or {}).get("epoch", 0)
         ended = "finished" if epochs >= self.epochs else f"stopped by the scheduler after epoch {epochs}"
-        print(f"{self._stamp()} trial {trial.trial_id} {ended}: best {self.metric} "
-              f"{'-' if best is None else f'{best:.3f}'}", flush=True)
+        print(f"{self._stamp()} trial {trial.trial_id} {ended}: best {self.metric} {number(best)}", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         print(f"{self._stamp()} trial {trial.trial_id} failed (its run's rankhouse.failure tag says why)", flush=True)

@@ -92,7 +92,7 @@ def pick_candidate(client, study: spaces.Study, uri: str, run_id: str | None):
     # the latest search that finished a trial: one that crashed or was stopped before any is skipped, aloud
     exp_id, parents = searches(client, study, uri)
     for parent in parents:
-        finished = [r for r in tracking.children(client, exp_id, parent.info.run_id) if r.info.status == "FINISHED"]
+        finished = list(tracking.children(client, exp_id, parent.info.run_id, status="FINISHED"))
         if finished:
             break
         print(f"note: skipped search {parent.info.run_id} ({parent.info.status}): no finished trial")

@@ -73,12 +73,23 @@ def short(key: str) -> str:
     return f"placed[{parts[2]}]" if parts[:2] == ("lora", "placement") else parts[-1]
 
 
+def describe(values: dict) -> str:
+    """Sampled values as the tables and the console show them: ``rank=16 alpha=11.2 r[encoder.*]=8``."""
+    return " ".join(f"{short(k)}={v:.3g}" if isinstance(v, float) else f"{short(k)}={v}" for k, v in values.items())
+
+
+def parts_of(summary: dict) -> list[str]:
+    """The objective's parts (a task's metric M/part: separation's per-source nSDR), shown beside it."""
+    metric = summary["objective"]["metric"]
+    return sorted(k.removeprefix(metric + "/") for k in summary["base"]["metrics"] if k.startswith(metric + "/"))
+
+
 def markdown(summary: dict) -> str:
     """The closing table as Markdown, for the parent run's description (the note on its MLflow
     page): the base, then the trials best first, with the objective's parts and the config."""
     metric = summary["objective"]["metric"]
     base = summary["base"]["metrics"]
-    parts = sorted(k.removeprefix(metric + "/") for k in base if k.startswith(metric + "/"))
+    parts = parts_of(summary)
     lines = [f"Study **{summary['study']}**: {len(summary['trials'])} trials, objective {metric} "
              f"({summary['objective']['mode']}).", "",
              "| trial | status | epochs | " + " | ".join([metric, *parts]) + " | config |",
@@ -87,9 +98,8 @@ def markdown(summary: dict) -> str:
         lines.append("| base | | | " + " | ".join(f"{base[k]:.3f}" for k in [metric, *(f"{metric}/{p}" for p in parts)])
                      + " | (no adapter) |")
     for t in summary["trials"]:
-        values = [_number(t["best"]), *(_number(t["metrics"].get(f"{metric}/{p}")) for p in parts)]
-        cfg = " ".join(f"{short(k)}={v:.3g}" if isinstance(v, float) else f"{short(k)}={v}"
-                       for k, v in t["config"].items())
+        values = [number(t["best"]), *(number(t["metrics"].get(f"{metric}/{p}")) for p in parts)]
+        cfg = describe(t["config"])
         lines.append(f"| {t['trial_id'] or '?'} | {t['status']} | {t['epochs']} | " + " | ".join(values)
                      + f" | {cfg} |")
     best = summary["best"]
@@ -102,8 +112,7 @@ def markdown(summary: dict) -> str:
 def print_table(summary: dict) -> None:
     metric = summary["objective"]["metric"]
     base = summary["base"]["metrics"].get(metric)
-    # the objective's parts (a task's metric M/part: separation's per-source nSDR), beside it
-    parts = sorted(k.removeprefix(metric + "/") for k in summary["base"]["metrics"] if k.startswith(metric + "/"))
+    parts = parts_of(summary)
     head = f"{'trial':<12} {'status':<9} {'ep':>3} {metric:>10} " + " ".join(f"{s[:7]:>7}" for s in parts) + "  config"
     print("\n" + head)
     print("-" * len(head))
@@ -113,18 +122,16 @@ def print_table(summary: dict) -> None:
     for t in summary["trials"]:
         best = f"{t['best']:.3f}" if t["best"] is not None else "-"
         per = " ".join(f"{t['metrics'].get(f'{metric}/{s}', float('nan')):>7.2f}" for s in parts)
-        cfg = " ".join(f"{short(k)}={v:.3g}" if isinstance(v, float) else f"{short(k)}={v}"
-                       for k, v in t["config"].items())
+        cfg = describe(t["config"])
         print(f"{t['trial_id'] or '?':<12} {t['status']:<9} {t['epochs']:>3} {best:>10} {per}  {cfg}")
     if parts:
         print(f"(the {metric} column: each trial's best epoch; its parts: the trial's last epoch)")
     for r in summary.get("rejected", []):
-        cfg = " ".join(f"{short(k)}={v:.3g}" if isinstance(v, float) else f"{short(k)}={v}"
-                       for k, v in r["params"].items())
+        cfg = describe(r["params"])
         print(f"rejected before training (optuna trial {r['optuna_trial']}): {r['reason']}  {cfg}")
 
 
-def _number(value) -> str:
+def number(value) -> str:
     if value is None:
         return "-"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
@@ -141,7 +148,6 @@ def print_pareto(summary: dict) -> None:
     print(head + "  config")
     print("-" * len(head))
     for t in summary["pareto"]:
-        cfg = " ".join(f"{short(k)}={v:.3g}" if isinstance(v, float) else f"{short(k)}={v}"
-                       for k, v in t["config"].items())
-        print(f"{t['trial_id'] or '?':<12} " + " ".join(f"{_number(t['objectives'][o['metric']]):>18}" for o in objs)
+        cfg = describe(t["config"])
+        print(f"{t['trial_id'] or '?':<12} " + " ".join(f"{number(t['objectives'][o['metric']]):>18}" for o in objs)
               + f"  {cfg}")

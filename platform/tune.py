@@ -75,7 +75,7 @@ def concurrency(study: spaces.Study, total_cpus: float, total_gpus: float, autos
 
 def trial_limit(study: spaces.Study, out: Path) -> int:
     """Start (or join) the search's Ray and return how many trials fit side by side. A trial
-    that fits nowhere is refused here, before the corpus is prepared or a run is created."""
+    that fits nowhere in Ray's count is refused here, before the search's parent run is created."""
     import ray
 
     launch_ray(out)

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trainables.checkpoint import sha256
 from trainables.errors import RankhouseError
 
 
@@ -79,8 +80,6 @@ def check_keys(model: nn.Module, state: dict, where: str) -> None:
 def identity(name: str, checkpoint: Path, config: Path) -> dict:
     """A base read from an MSST checkpoint and its config YAML. The config decides the sources,
     their order and the rate, so the digest covers both files."""
-    from trainables.checkpoint import sha256
-
     digest = hashlib.sha256(f"{sha256(checkpoint)}:{sha256(config)}".encode()).hexdigest()
     return {"name": name, "sha256": digest, "config": str(config)}
 

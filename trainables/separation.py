@@ -132,8 +132,8 @@ class Separation(Task):
                                 rule=lambda v: v > 0, expect="dB > 0"),
         },
         "train": {
-            "loss": Key("l1", "l1 (Demucs' loss) or msst_masked (MSST's default for SCNet and HT-Demucs: MSE per "
-                              "source and item, the items at or above train.loss_quantile dropped)",
+            "loss": Key("l1", "l1 (Demucs' loss) or msst_masked (MSST's default for SCNet: MSE per source and item, "
+                              "the items at or above train.loss_quantile dropped)",
                         rule=lambda v: v in ("l1", "msst_masked"), expect="l1 or msst_masked"),
             "loss_quantile": Key(0.95, "msst_masked: the quantile of a batch's per-item errors that is dropped "
                                        "(MSST's training.q)", rule=lambda v: 0 < v <= 1, expect="0 < q <= 1"),
