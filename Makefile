@@ -15,6 +15,7 @@ demo: $(STAMP)
 	$(PY) -m platform.tune search_spaces/techhouse.yaml --json runs/techhouse/summary.json
 
 test: $(STAMP)
+	bash scripts/test_packages.sh
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

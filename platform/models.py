@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from platform import database
 from trainables import tracking
 from trainables.errors import RankhouseError
 
@@ -30,10 +31,8 @@ def store_of_model(name: str) -> str | None:
             continue
         if isinstance(raw, dict) and (raw.get("registry") or {}).get("model_name") == name:
             t = raw.get("tracking") or {}
-            if t.get("uri"):
-                return t["uri"]
-            out = Path(t.get("output") or Path("runs") / str(raw.get("study")))
-            return f"sqlite:///{(out / 'mlflow.db').resolve()}"
+            out = Path(t.get("output") or Path("runs") / str(raw.get("study"))).resolve()
+            return t.get("uri") or database.mlflow_store(t.get("backend") or "sqlite", out)
     return None
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from platform import export, models, spaces
+from platform import database, export, models, spaces
 from platform.cli import run
 from platform.data import Progress
 from platform.preflight import resolve_data
@@ -204,6 +204,7 @@ def main(argv: list[str]) -> int:
         raise study.error("registry.model_name", "not set; name the registered model to promote into")
     out = output_dir(study)
     uri = tracking_uri(study, out)
+    database.check(study.config["tracking"]["backend"], str(study.file))
     client = tracking.client(uri)
     min_gain = study.config["registry"]["min_gain"] if args.min_gain is None else args.min_gain
     if min_gain < 0:

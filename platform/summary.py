@@ -42,8 +42,8 @@ def summarize(study: spaces.Study, results, prepared, uri: str, experiment: str,
         trials.append(row)
     trials.sort(key=lambda t: objective.rank_key(t["best"], mode))
     best = next((t for t in trials if t["best"] is not None and t["adapter"]), None)
-    summary = {"study": study.name, "tracking_uri": uri, "experiment": experiment, "experiment_id": exp_id,
-               "ui_url": ui_url(uri, exp_id), "parent_run_id": parent_id,
+    summary = {"study": study.name, "tracking_uri": tracking.redact(uri), "experiment": experiment, "experiment_id": exp_id,
+               "ui_url": ui_url(uri, exp_id, parent_id), "parent_run_id": parent_id,
                "objective": {"metric": metric, "mode": mode}, "base": {"identity": prepared.base_identity,
                                                                        "metrics": prepared.base_metrics},
                "trials": trials, "best": best}

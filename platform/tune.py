@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from platform import cli, report, spaces
+from platform import cli, database, report, spaces
 from platform.preflight import prepare
 from platform.ray_session import launch_ray, stop_stale_ray
 from platform.study_runs import (browse, optuna_storage_url, optuna_study_name, output_dir, resume_parent,
@@ -125,7 +125,7 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
         mode=[d for _, d in objs] if len(objs) > 1 else mode,
         sampler=sampler(s),
         study_name=optuna_study_name(study, parent_id),
-        record=optuna_storage_url(out),  # the sampler's study is in memory (platform/searcher.py)
+        record=optuna_storage_url(study, out),  # the sampler's study is in memory (platform/searcher.py)
     )
     budget = cfg["budget"]["max_trainable_params"]
     if budget is None and not any(p.path[:2] == ("lora", "placement") for p in study.params):
@@ -208,6 +208,7 @@ def search(args, console: str) -> tuple[spaces.Study, dict, object, dict, str]:
     out = output_dir(study)
     out.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(study, out)
+    database.check(study.config["tracking"]["backend"], str(study.file))
     if args.resume:
         stopped = stop_stale_ray(out)
         if stopped:
@@ -220,7 +221,7 @@ def search(args, console: str) -> tuple[spaces.Study, dict, object, dict, str]:
     limit = trial_limit(study, out)  # Ray's own count; a search it refuses has created no run yet
     experiment, exp_id, parent_id = resume_parent(uri, study) if args.resume else start_parent(uri, study, prepared, out)
     metric = study.config["objective"]["metric"]
-    print(f"tracking: {uri}\nexperiment: {experiment}\nparent run: {parent_id}\n{browse(uri, exp_id)}")
+    print(f"tracking: {tracking.redact(uri)}\nexperiment: {experiment}\nparent run: {parent_id}\n{browse(uri, exp_id, parent_id)}")
     print(f"base: {prepared.base_identity['name']} ({(prepared.base_identity['sha256'] or '')[:12]}) "
           f"{metric} = {prepared.base_metrics.get(metric, float('nan')):.3f}")
     mlflow = tracking.client(uri)
@@ -234,11 +235,11 @@ def search(args, console: str) -> tuple[spaces.Study, dict, object, dict, str]:
     summary = summarize(study, results, prepared, uri, experiment, exp_id, parent_id)
     from platform.budget import rejected  # imports Ray Tune, which run_search has already loaded
 
-    summary["rejected"] = rejected(optuna_storage_url(out), optuna_study_name(study, parent_id))
+    summary["rejected"] = rejected(optuna_storage_url(study, out), optuna_study_name(study, parent_id))
     if summary["rejected"]:
         mlflow.log_metric(parent_id, "rejected_samples", len(summary["rejected"]))
     # plots never fail a search: one that cannot be made is a printed note and a parent-run tag
-    plots = report.study_plots(summary, uri, parent_id, optuna_storage_url(out), optuna_study_name(study, parent_id),
+    plots = report.study_plots(summary, uri, parent_id, optuna_storage_url(study, out), optuna_study_name(study, parent_id),
                                out / "plots")
     summary["plots"] = {k: str(v) if isinstance(v, Path) else f"skipped: {v}" for k, v in plots.items()}
     if summary["best"]:
@@ -293,7 +294,7 @@ def main(argv: list[str]) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=1, default=str))
         print(f"summary: {args.json}")
-    print(browse(uri, summary["experiment_id"]))
+    print(browse(uri, summary["experiment_id"], summary["parent_run_id"]))
     return 0 if summary["best"] else 1
 
 

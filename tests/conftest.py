@@ -145,3 +145,4 @@ class TinySearch:
 @pytest.fixture
 def tiny_search(tmp_path) -> TinySearch:
     return TinySearch(tmp_path)
+

@@ -15,11 +15,8 @@ import fcntl
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -259,21 +256,11 @@ def test_a_second_promotion_of_the_same_model_is_refused_while_one_runs(study):
     assert proc.returncode == 2 and "another promotion" in proc.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_mlflow_server_shows_trials_audio_plots_and_champion(study):
     """What the MLflow UI compares, read through a real tracking server's REST API."""
+    from servers import MlflowServer
+
     s = study["study"]
-    port = free_port()
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    server = subprocess.Popen([str(mlflow_bin), "server", "--backend-store-uri", s.uri, "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1"], env=s.env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
 
     def get(endpoint: str, **query) -> dict:
         with urllib.request.urlopen(f"{base}/{endpoint}?{urllib.parse.urlencode(query)}", timeout=30) as r:
@@ -284,13 +271,8 @@ def test_mlflow_server_shows_trials_audio_plots_and_champion(study):
         with urllib.request.urlopen(req, timeout=30) as r:
             return json.load(r)
 
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
+    with MlflowServer(s.uri, s.env) as server:
+        base = f"{server.url}/api/2.0/mlflow"
         exp = get("experiments/get-by-name", experiment_name="promo")["experiment"]
         parent_id = study["s3"]["parent_run_id"]
         parent = get("runs/get", run_id=parent_id)["run"]
@@ -310,9 +292,6 @@ def test_mlflow_server_shows_trials_audio_plots_and_champion(study):
         assert "preview/sdr_per_source.png" in preview
         alias = get("registered-models/alias", name=MODEL, alias="champion")["model_version"]
         assert alias["version"] == "2" and alias["run_id"] == child
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def test_rollback_restores_the_previous_champion_once(study):

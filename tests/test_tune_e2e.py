@@ -61,7 +61,8 @@ def test_cli_prints_where_to_look(search):
     assert f"parent run: {summary['parent_run_id']}" in proc.stdout
     assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
     # the link opens the study's runs in MLflow 3's model-training view, not its GenAI one
-    url = f"http://127.0.0.1:5000/#/experiments/{summary['experiment_id']}/runs?workflowType=machine_learning"
+    url = (f"http://127.0.0.1:5000/#/experiments/{summary['experiment_id']}/runs?workflowType=machine_learning"
+           f"&viewStateShareKey={summary['parent_run_id']}")
     assert summary["ui_url"] == url and proc.stdout.count(f"then open {url}") == 2
     from trainables import tracking
 
@@ -69,6 +70,32 @@ def test_cli_prints_where_to_look(search):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert summary["best"] is not None and summary["best"]["run_id"] == summary["trials"][0]["run_id"]
     assert set(summary["base"]["metrics"]) >= {"valid/sdr", "valid/sdr/kick", "valid/sdr/vocals"}
+
+
+@pytest.mark.slow
+def test_the_printed_link_opens_on_the_trials_and_their_objective_in_a_browser(search, tmp_path):
+    """``mlflow server`` on the study's store, and the link the search printed opened in headless
+    Chromium: the rendered table lists the search's trial runs by name, best first, each with
+    its ``valid/sdr``."""
+    from servers import MlflowServer, rendered_text
+    from trainables import tracking
+
+    _, summary, _ = search
+    mlflow = tracking.client(summary["tracking_uri"])
+    runs = sorted((mlflow.get_run(t["run_id"]) for t in summary["trials"]),
+                  key=lambda r: r.data.metrics["valid/sdr"], reverse=True)
+    with MlflowServer(summary["tracking_uri"]) as server:
+        text = rendered_text(summary["ui_url"].replace("http://127.0.0.1:5000", server.url), tmp_path)
+    assert "Sort: valid/sdr" in text, text[:2000]
+    header = text[text.index("Run Name"):text.index(runs[0].info.run_name)]
+    assert {"valid/sdr", "lora.rank", "optim.lr", "trainable_params"} <= set(header.split()), header
+    names = [r.info.run_name for r in runs]
+    assert all(re.fullmatch(r"\w{8} r\d+ lr\S+", n) for n in names), names
+    at = [text.find(n) for n in names]
+    assert -1 not in at and at == sorted(at), (names, text[:3000])  # every trial, the best first
+    for run in runs:
+        assert repr(run.data.metrics["valid/sdr"]) in text, (run.data.metrics, text[:3000])
+    assert f"{summary['study']}-study" not in text  # the table holds the trials, not the parent run
 
 
 @pytest.mark.slow

@@ -160,7 +160,13 @@ SCHEMA: Schema = {
                         rule=_in("auto", "direct", "train"), expect="auto, direct or train"),
     },
     "tracking": {
-        "uri": Key(None, "the MLflow tracking URI (default: SQLite in the output folder)", type=str),
+        "backend": Key("sqlite", "the database of the MLflow store and the Optuna record: sqlite (files in the "
+                                 "output folder) or postgresql://USER@HOST:PORT/DB (a server a team shares; the "
+                                 "password from ~/.pgpass)",
+                       rule=lambda v: v == "sqlite" or re.match(r"postgresql(\+\w+)?://", v) is not None,
+                       expect="sqlite or a postgresql:// URL"),
+        "uri": Key(None, "the MLflow tracking URI (default: the backend itself; http://HOST:PORT for a server)",
+                   type=str),
         "experiment": Key(None, "the MLflow experiment (default: the study's name)", type=str),
         "output": Key(None, "the study's output folder (default: runs/<study>)", type=str),
     },

@@ -27,6 +27,12 @@ def key(name: str) -> str:
     return _BAD.sub("_", name.replace("*", "ALL").replace("?", "ANY").replace('"', ""))
 
 
+def redact(text: str) -> str:
+    """A URL's password masked (postgresql://user:secret@host -> postgresql://user:***@host):
+    URIs are printed and logged as parameters."""
+    return re.sub(r"(://[^:/@\s]+):[^@/\s]*@", r"\1:***@", text)
+
+
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in config.items():
@@ -43,7 +49,7 @@ def log_params(mlflow, run_id: str, params: dict[str, Any], run_tags: dict[str, 
     round trip and one commit to the store."""
     from mlflow.entities import Param
 
-    items = [Param(key(k)[:250], str(v)[:6000]) for k, v in params.items()]
+    items = [Param(key(k)[:250], redact(str(v))[:6000]) for k, v in params.items()]
     for i in range(0, max(len(items), 1), 100):  # MLflow's batch limit
         mlflow.log_batch(run_id, params=items[i:i + 100], tags=_run_tags(run_tags) if i == 0 else [])
 
