@@ -20,25 +20,30 @@ def free_port(host: str = "127.0.0.1") -> int:
 class MlflowServer:
     """``mlflow server`` on 127.0.0.1 over a store, as a user runs it; a context manager."""
 
-    def __init__(self, store: str, env: dict | None = None, *extra: str):
-        self.store, self.env, self.extra = store, env, extra
+    def __init__(self, store: str, env: dict | None = None):
+        self.store, self.env = store, env
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
 
+    def argv(self) -> list[str]:
+        import sys
+
+        return [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", self.store, "--host",
+                "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+
     def __enter__(self) -> "MlflowServer":
         import subprocess
-        import sys
         import time
+        import urllib.error
         import urllib.request
 
-        mlflow_bin = Path(sys.executable).with_name("mlflow")
-        self.proc = subprocess.Popen([str(mlflow_bin), "server", "--backend-store-uri", self.store, "--host",
-                                      "127.0.0.1", "--port", str(self.port), "--workers", "1", *self.extra],
-                                     env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(self.argv(), env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         for _ in range(240):
             try:
                 urllib.request.urlopen(f"{self.url}/health", timeout=2)
+                return self
+            except urllib.error.HTTPError:  # it answers (a server with auth may refuse even /health)
                 return self
             except OSError:
                 time.sleep(0.5)

@@ -40,8 +40,22 @@ def test_nothing_listens_on_a_public_interface_and_no_secrets():
     assert "0.0.0.0" not in text
     head = " ".join(config()["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head
-    assert re.search(r"mlflow server .*--host \$\(hostname -I", head)  # the private address only
-    assert not re.search(r"(?i)aws_(secret|access)|AKIA[0-9A-Z]{12}|password|token", text)
+    assert re.search(r"scripts/tracking_server\.sh \S+ \$\(hostname -I", head)  # the private address only
+    # secrets are made on the head (scripts/cluster_secrets.sh), never written here
+    assert not re.search(r"(?i)aws_(secret|access)|AKIA[0-9A-Z]{12}|RAY_AUTH_TOKEN=|admin_password|[0-9a-f]{32}", text)
+    assert not re.search(r"postgresql://[^@\s]*:[^@\s]*@", text)  # no password in a database URL
+
+
+def test_every_node_starts_ray_with_token_auth_and_gets_the_head_s_token():
+    cfg = config()
+    starts = [c for k in ("head_start_ray_commands", "worker_start_ray_commands") for c in cfg[k] if " start " in c]
+    assert len(starts) == 2 and all(re.search(r"RAY_AUTH_MODE=token \S+/ray start ", c) for c in starts), starts
+    # made on the head before Ray starts there, then copied to each worker before it starts Ray
+    assert "bash ~/rankhouse/scripts/cluster_secrets.sh" in cfg["head_setup_commands"]
+    assert {"~/.ray/auth_token", "~/.mlflow/credentials"} <= set(cfg["cluster_synced_files"])
+    # the MLflow server's store is the database the cluster profile's searches use
+    gpu = yaml.safe_load((ROOT / "search_spaces" / "techhouse_gpu.yaml").read_text())
+    assert f"tracking_server.sh {gpu['tracking']['backend']} " in " ".join(cfg["head_start_ray_commands"])
 
 
 def test_commands_use_files_and_entry_points_that_exist():
