@@ -33,11 +33,17 @@ def optuna_record(backend: str, out: Path) -> str:
     return f"{backend}{'&' if '?' in backend else '?'}options=-csearch_path%3D{OPTUNA_SCHEMA}"
 
 
-def check(backend: str, where: str) -> None:
+def check(backend: str, where: str, trials_elsewhere: bool = False) -> None:
     """Before any compute: the server answers and the record's schema exists (created here,
-    so that Optuna's first connection finds it)."""
+    so that Optuna's first connection finds it). ``trials_elsewhere``: trials run on other nodes
+    and log to MLflow themselves, which a server on this node's loopback would not reach."""
     if not is_postgres(backend):
         return
+    host = re.match(r"[^:]+://(?:[^@/]*@)?([^:/?]*)", backend).group(1)
+    if trials_elsewhere and (host in ("", "localhost") or host.startswith("127.")):
+        raise RankhouseError(f"{where}: tracking.backend {redact(backend)} is this node's own; trials on "
+                             "other nodes cannot reach it: log through the tracking server, "
+                             "tracking.uri=http://HEAD_PRIVATE_IP:5000")
     import sqlalchemy
 
     engine = None

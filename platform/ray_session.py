@@ -1,7 +1,8 @@
 """The search's Ray: started (or joined) once per driver, and owned, so that a ``--resume``
 after a killed driver can stop exactly what that driver's local Ray left running.
 
-A local Ray binds to 127.0.0.1; ``RAY_ADDRESS`` joins a cluster instead (never stopped here).
+``RAY_ADDRESS`` joins a cluster (never stopped here); otherwise the search starts a local Ray,
+locked down by ``local_only``: token authentication on, and its node address 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -17,6 +18,22 @@ from trainables.errors import RankhouseError
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
            # trials keep the driver's working directory (every path they get is absolute anyway)
            "RAY_CHDIR_TO_TRIAL_DIR": "0"}
+
+
+# Ray turns a node address of 127.0.0.1 into the machine's network address, unless this is set:
+# its local-only mode, the default on macOS and Windows. Read once, when Ray is imported.
+LOCAL_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+              # on whatever Ray's default becomes: a local Ray demands a token (made by Ray in ~/.ray)
+              "RAY_AUTH_MODE": "token"}
+
+
+def local_only() -> None:
+    """For a driver about to start a local Ray, before anything imports Ray: the node's address is
+    127.0.0.1, so its dashboard, agents and metrics endpoints listen on loopback only. Ray's gRPC
+    servers (GCS, raylet, workers) still listen on every interface, which no setting of Ray's
+    changes; they refuse a caller without the token."""
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.update(LOCAL_ONLY)
 
 
 SESSION_FILE = "ray-session.json"

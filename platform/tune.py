@@ -22,7 +22,7 @@ from typing import Callable
 
 from platform import cli, database, report, spaces
 from platform.preflight import prepare
-from platform.ray_session import launch_ray, stop_stale_ray
+from platform.ray_session import launch_ray, local_only, stop_stale_ray
 from platform.study_runs import (browse, optuna_storage_url, optuna_study_name, output_dir, resume_parent,
                                  start_parent, tracking_uri)
 from platform.summary import markdown, print_pareto, print_table, summarize
@@ -208,7 +208,8 @@ def search(args, console: str) -> tuple[spaces.Study, dict, object, dict, str]:
     out = output_dir(study)
     out.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(study, out)
-    database.check(study.config["tracking"]["backend"], str(study.file))
+    database.check(study.config["tracking"]["backend"], str(study.file),
+                   trials_elsewhere=bool(os.environ.get("RAY_ADDRESS")) and not study.config["tracking"]["uri"])
     if args.resume:
         stopped = stop_stale_ray(out)
         if stopped:
@@ -269,6 +270,7 @@ def main(argv: list[str]) -> int:
                         "unfinished ones resume from their checkpoints, in the same MLflow runs")
     args = p.parse_intermixed_args(argv)  # flags may come after the overrides, or between them
 
+    local_only()  # before anything imports Ray
     console = "quiet" if args.quiet else "verbose" if args.verbose else "normal"
     # --quiet: what the search says on the way is dropped; errors (stderr) and the closing table stay
     with contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext():

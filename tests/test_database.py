@@ -67,3 +67,9 @@ def test_a_server_that_does_not_answer_is_one_line_naming_the_file(tmp_path):
     message = str(err.value)
     assert message.startswith(f"team.yaml: tracking.backend postgresql://team:***@127.0.0.1:{port}/rankhouse: ")
     assert "Connection refused" in message and "s3cret" not in message and "\n" not in message
+
+
+def test_a_loopback_database_is_refused_when_trials_run_on_other_nodes():
+    with pytest.raises(RankhouseError, match=r"team\.yaml: tracking\.backend postgresql://rankhouse@127\.0\.0\.1:5432/"
+                                             r"rankhouse is this node's own; .* tracking\.uri=http://"):
+        database.check("postgresql://rankhouse@127.0.0.1:5432/rankhouse", "team.yaml", trials_elsewhere=True)

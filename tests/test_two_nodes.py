@@ -1,6 +1,7 @@
-"""A search on a two-node Ray cluster on loopback (127.0.0.2 head, 127.0.0.3 worker; Ray >= 2.59
-token authentication): trials land on both nodes, with one shared storage path, and exactly
-those two nodes are stopped afterwards (never ``ray stop``, which would stop every Ray here)."""
+"""A search on a two-node Ray cluster on loopback (127.0.0.2 head, 127.0.0.3 worker; token
+authentication, as cluster.yaml sets on every node): trials land on both nodes, with one shared
+storage path; a client without the token is refused; exactly those two nodes are stopped
+afterwards (never ``ray stop``, which would stop every Ray here)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,10 @@ def test_trials_land_on_both_nodes_of_a_loopback_cluster(tiny_search, tmp_path):
     from trainables import tracking
 
     token = f"two-nodes-{uuid.uuid4().hex[:8]}"
-    env = {**tiny_search.env, "RAY_AUTH_MODE": "token", OWNER_VAR: token}
+    secret = tmp_path / "auth_token"  # the cluster's token, as scripts/cluster_secrets.sh makes it
+    secret.write_text(uuid.uuid4().hex)
+    secret.chmod(0o600)
+    env = {**tiny_search.env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(secret), OWNER_VAR: token}
     env.pop("RAY_ADDRESS", None)
     ray_bin = str(Path(sys.executable).with_name("ray"))
     port = free_port()
@@ -70,6 +74,15 @@ def test_trials_land_on_both_nodes_of_a_loopback_cluster(tiny_search, tmp_path):
         assert {r.data.tags["rankhouse.node"] for r in runs} == {"127.0.0.2", "127.0.0.3"}
         assert not (tiny_search.out / "ray").exists()
         assert len(list((tmp_path / "shared" / "ray").glob("*/trial_*/checkpoint_*"))) >= 2  # both nodes wrote to the shared path
+        # a client with a wrong token, or with none, is refused by the cluster the search just used
+        stranger = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+        for client in ({**stranger, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex},
+                       {**stranger, "RAY_AUTH_MODE": "disabled", "HOME": str(tmp_path)}):  # no ~/.ray/auth_token
+            joined = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='127.0.0.2:{port}'); "
+                                     "print(ray.cluster_resources())"], env=client, capture_output=True, text=True,
+                                    timeout=300)
+            assert joined.returncode != 0 and "CPU" not in joined.stdout, joined.stdout
+            assert "Authentication token is missing or incorrect" in joined.stderr, joined.stderr[-2000:]
     finally:
         nodes = nodes or ray_processes(token)
         stop(ray_processes(token) + nodes)
