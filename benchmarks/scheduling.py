@@ -168,7 +168,7 @@ def main() -> None:
         fit = time.perf_counter() - started
         tune.close_child_runs(study, results, uri, exp_id, parent_id)
         summary = summarize(study, results, prepared, uri, study.name, exp_id, parent_id)
-        report.study_plots(summary, uri, parent_id, study_runs.optuna_storage_url(out),
+        report.study_plots(summary, uri, parent_id, study_runs.optuna_storage_url(study, out),
                            study_runs.optuna_study_name(study, parent_id), out / "plots")
         wall = time.perf_counter() - started
         reports = sum(t["epochs"] for t in summary["trials"])

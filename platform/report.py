@@ -189,7 +189,7 @@ def importances(optuna_storage_url: str, optuna_study_name: str) -> tuple[dict[s
     try:
         study = optuna.load_study(study_name=optuna_study_name, storage=optuna_storage_url)
     except KeyError:
-        raise Skip(f"no Optuna study {optuna_study_name!r} in {optuna_storage_url}") from None
+        raise Skip(f"no Optuna study {optuna_study_name!r} in {tracking.redact(optuna_storage_url)}") from None
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if t.values and all(objective.finite(v) for v in t.values)]
     if len(complete) < 2:

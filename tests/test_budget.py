@@ -175,7 +175,7 @@ def test_a_search_never_starts_a_trial_for_a_rejected_sample(tmp_path):
     try:
         _, exp_id, parent_id = study_runs.start_parent(uri, study, prepared, out)
         results = tune.run_search(study, prepared, out, uri, exp_id, parent_id, train=scheduling.synthetic_train)
-        rows = rejected(study_runs.optuna_storage_url(out), study_runs.optuna_study_name(study, parent_id))
+        rows = rejected(study_runs.optuna_storage_url(study, out), study_runs.optuna_study_name(study, parent_id))
     finally:
         ray.shutdown()
         os.environ.clear()

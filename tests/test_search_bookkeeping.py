@@ -45,7 +45,7 @@ def searched(tmp_path_factory):
         tune.close_child_runs(study, results, uri, exp_id, parent_id)
         summary = summarize(study, results, prepared, uri, study.name, exp_id, parent_id)
         optuna_trials = optuna.load_study(study_name=study_runs.optuna_study_name(study, parent_id),
-                                          storage=study_runs.optuna_storage_url(out)).get_trials()
+                                          storage=study_runs.optuna_storage_url(study, out)).get_trials()
     finally:
         ray.shutdown()
         os.environ.clear()
