@@ -18,7 +18,7 @@ from torch import nn
 
 from trainables import lora
 from trainables.errors import RankhouseError
-from trainables.lora_layers import LoraConvTranspose
+from trainables.lora_layers import DilationKept, LoraConvTranspose
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -134,17 +134,20 @@ def test_modules_to_save_is_exactly_what_was_declared(make_tiny):
     assert full == {"decoder.3.conv_tr", "tdecoder.3.conv_tr"}
 
 
-# --- ConvTranspose LoRA ----------------------------------------------------------------------------
+# --- rankhouse's own LoRA layers: ConvTranspose, dilated Conv -------------------------------------
 
 STANDALONE = {
     "ConvTranspose1d": (lambda: nn.ConvTranspose1d(6, 5, 8, stride=4, padding=2), (2, 6, 13)),
     "ConvTranspose2d": (lambda: nn.ConvTranspose2d(6, 5, (8, 3), stride=(4, 2), padding=(2, 1),
                                                    output_padding=(1, 1)), (2, 6, 7, 9)),
+    # PEFT's own Conv LoRA drops the dilation: a shape error here, a wrong merge where shapes agree
+    "Conv1d": (lambda: nn.Conv1d(6, 5, 3, padding=4, dilation=4), (2, 6, 30)),
+    "Conv2d": (lambda: nn.Conv2d(6, 5, 3, padding=(2, 1), dilation=(2, 1)), (2, 6, 9, 11)),
 }
 
 
 @pytest.mark.parametrize("kind", list(STANDALONE))
-def test_conv_transpose_lora_merges_exactly(kind):
+def test_own_lora_layers_merge_exactly(kind):
     make, shape = STANDALONE[kind]
     torch.manual_seed(0)
     base = nn.Sequential(make()).eval().requires_grad_(False)
@@ -152,7 +155,7 @@ def test_conv_transpose_lora_merges_exactly(kind):
     ref = forward(base, x).clone()
     model, ranks = lora.apply(base, lora.LoraSpec(rank=3, alpha=5.0, targets=["0"]))
     layer = adapted_layers(model)["0"]
-    assert isinstance(layer, LoraConvTranspose)
+    assert isinstance(layer, LoraConvTranspose if kind.startswith("ConvTranspose") else DilationKept)
     assert torch.equal(forward(model, x), ref)
     with torch.no_grad():
         layer.lora_B["default"].weight.copy_(torch.randn(layer.lora_B["default"].weight.shape,

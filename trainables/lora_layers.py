@@ -3,6 +3,10 @@ they save, load and merge like the built-in ones (``CUSTOM_MODULES``, given to e
 ``LoraConfig`` by ``trainables.lora``).
 
 - ``LoraConvTranspose``: ConvTranspose1d/2d (HT-Demucs' decoders, SCNet's band merges).
+- ``LoraConv1d`` / ``LoraConv2d``: PEFT's own Conv LoRA, except that A keeps the base layer's
+  dilation. PEFT 0.21 drops it, so a dilated convolution's update has another output length
+  (a shape error) or, where the lengths happen to agree, is another function from the one its
+  merge writes (the structure model's dilated convolutions are LoRA targets).
 - ``LoraLSTM``: nn.LSTM (SCNet's dual-path BiLSTMs, three quarters of that model). Each weight
   matrix ``weight_ih_l{k}`` and ``weight_hh_l{k}`` (and its ``_reverse``) gets its own low-rank
   update ``scaling * B @ A``; the LSTM runs with the updated weights, so merging is exact (the
@@ -15,6 +19,8 @@ import math
 from typing import Any
 
 import torch
+from peft.tuners.lora.layer import Conv1d as PeftConv1d
+from peft.tuners.lora.layer import Conv2d as PeftConv2d
 from peft.tuners.lora.layer import LoraLayer, _ConvNd
 from torch import nn
 
@@ -58,6 +64,33 @@ class LoraConvTranspose(_ConvNd):
         a = self.lora_A[adapter].weight  # (in, r, *k)
         b = self.lora_B[adapter].weight.flatten(2)[..., 0]  # (r, out)
         return torch.einsum("ir...,ro->io...", a, b) * self.scaling[adapter]
+
+
+class DilationKept:
+    """PEFT's Conv LoRA with A dilated as the base layer is; B is pointwise either way, so
+    the merged kernel (B @ A per tap) is exact. Undilated layers are built as PEFT builds them."""
+
+    def update_layer(self, adapter_name, r, lora_alpha, config, **kwargs):
+        super().update_layer(adapter_name, r, lora_alpha, config, **kwargs)
+        base = self.get_base_layer()
+        if all(d == 1 for d in base.dilation):
+            return
+        if config.use_dora:
+            raise ValueError("DoRA is not supported for dilated convolutions")
+        old = self.lora_A[adapter_name]
+        self.lora_A[adapter_name] = type(old)(old.in_channels, r, base.kernel_size, base.stride, base.padding,
+                                              dilation=base.dilation, bias=False)
+        if config.init_lora_weights:
+            self.reset_lora_parameters(adapter_name, config.init_lora_weights)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+
+
+class LoraConv1d(DilationKept, PeftConv1d):
+    pass
+
+
+class LoraConv2d(DilationKept, PeftConv2d):
+    pass
 
 
 def lstm_weights(lstm: nn.LSTM) -> list[str]:
@@ -148,4 +181,5 @@ class LoraLSTM(nn.Module, LoraLayer):
         return "lora." + super().__repr__()
 
 
-CUSTOM_MODULES = {nn.ConvTranspose1d: LoraConvTranspose, nn.ConvTranspose2d: LoraConvTranspose, nn.LSTM: LoraLSTM}
+CUSTOM_MODULES = {nn.ConvTranspose1d: LoraConvTranspose, nn.ConvTranspose2d: LoraConvTranspose, nn.LSTM: LoraLSTM,
+                  nn.Conv1d: LoraConv1d, nn.Conv2d: LoraConv2d}
