@@ -96,7 +96,7 @@ def synthetic_prepared(study, epoch_ms: float):
 
     cfg = resolve_data(study)
     cfg["train"]["epoch_ms"] = epoch_ms
-    return Prepared(cfg, {"name": "synthetic", "sha256": None}, {})
+    return Prepared(cfg, {"name": "synthetic", "sha256": None}, {}, {})
 
 
 def mlflow_records(db: Path) -> int:

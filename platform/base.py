@@ -1,13 +1,14 @@
 """``python -m platform.base [--family NAME]``: train a family's embedded base (HT-Demucs by
-default; ``bs_roformer``) to a plateau and write it, with its model card, to ``trainables/assets/``.
+default) to a plateau and write it, with its model card, to ``trainables/assets/``.
 
 Why a plateau: an undertrained base gains from *any* further training, so an adapter's gain
-over it would prove nothing. The base trains fully (no LoRA) on the ``generic`` preset (a
-domain different from the tech-house target) until validation nSDR has not improved by
-``--min-delta`` dB for ``--patience`` epochs; the best epoch is kept. If ``--max-minutes``
-runs out first, the card says so. ``--resume`` continues an earlier run from its best weights
-(typically at a lower ``--lr``, the usual step-down once a constant rate stops paying), keeping
-one curve and one plateau count across both stages.
+over it would prove nothing. The base trains fully (no LoRA) on the task's embedded corpus of
+the ``generic`` preset (a domain different from the tech-house target; ``Task.base_study``
+says what the run reads) until the task's default objective (separation: valid nSDR) has not
+improved by ``--min-delta`` for ``--patience`` epochs; the best epoch is kept. If
+``--max-minutes`` runs out first, the card says so. ``--resume`` continues an earlier run from
+its best weights (typically at a lower ``--lr``, the usual step-down once a constant rate stops
+paying), keeping one curve and one plateau count across both stages.
 """
 
 from __future__ import annotations
@@ -23,36 +24,41 @@ from safetensors.torch import load_file
 
 from platform.cli import run
 from platform.data import Progress
-from trainables import checkpoint, loop
-from trainables.data import cache as stem_cache
-from trainables.data.layout import stems_of
-from trainables.data.render import embedded_corpus
+from trainables import checkpoint, loop, schema
 from trainables.errors import RankhouseError
 from trainables.family import FAMILIES, Family, get_family
-from trainables.separation import evaluate_tracks
-
-FOUR_STEMS = {"drums": ["kick", "hihat"], "bass": ["bass"], "other": ["other"], "vocals": ["vocals"]}
-# the tech-house corpus of search_spaces/techhouse.yaml: the card reports the base on it
-TECHHOUSE = dict(preset="techhouse", songs=24, seconds=20.0, seed=0)
 
 
-def base_config(root: Path, args) -> dict:
-    return {
-        "model": {"family": args.family, "base": "scratch", "sources": list(FOUR_STEMS)},
-        "data": {"root": str(root), "sources": FOUR_STEMS, "segment": 3.0},
+def study(family: Family, preset: str, args) -> dict:
+    """The base run's config on the embedded ``preset`` corpus (its data made, its paths
+    resolved, the task's derived settings filled in): the task's ``base_study`` under the run's
+    training settings."""
+    task = family.task
+    cfg = schema.overlay({
+        "model": {"family": family.name, "base": "scratch"},
         "lora": None,
         "optim": {"lr": args.lr, "schedule": "constant", "grad_clip": 5.0},
         "train": {"epochs": 10_000, "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size,
-                  "seed": args.seed, "valid_max_seconds": args.valid_seconds},
-    }
+                  "seed": args.seed},
+    }, task.base_study(preset))
+    if args.valid_seconds is not None:
+        cfg["train"]["valid_max_seconds"] = args.valid_seconds or None
+    if preset == "generic":
+        cfg["data"]["embedded"].update({k: v for k, v in (("songs", args.songs), ("seed", args.data_seed))
+                                        if v is not None})
+    cfg = loop.complete(cfg)
+    cfg["data"]["root"] = str(task.embedded(cfg["data"]["embedded"], Progress))
+    task.resolve(cfg)
+    return cfg
 
 
-def score(family: Family, model_path: Path, root: Path) -> dict:
-    """Whole-track nSDR of a base checkpoint on a corpus' valid split (4 sources)."""
-    base = family.build_base({"base": str(model_path)})
+def score(family: Family, model_path: Path, cfg: dict) -> dict:
+    """Every metric of a base checkpoint on whole valid items of ``cfg``'s corpus."""
+    base = family.build_base({**cfg["model"], "base": str(model_path)})
     base.model.eval().requires_grad_(False)
-    valid = stem_cache.StemCache(stem_cache.build(root, "valid", stems_of(FOUR_STEMS), base.samplerate))
-    return evaluate_tracks(base.model, valid, FOUR_STEMS, base.samplerate, base.segment, torch.device("cpu"))
+    cfg = schema.overlay(cfg, {"train": {"valid_max_seconds": None}})
+    valid = family.task.open(cfg, base, "valid", Progress)
+    return family.task.evaluate(base.model, valid, cfg, base, torch.device("cpu"))
 
 
 def cards(out: Path) -> tuple[Path, Path]:
@@ -64,16 +70,17 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m platform.base", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--family", choices=sorted(FAMILIES), default="htdemucs")
-    p.add_argument("--songs", type=int, default=60)
-    p.add_argument("--seconds", type=float, default=24.0)
-    p.add_argument("--data-seed", type=int, default=1)
+    p.add_argument("--songs", type=int, default=None, help="generic songs rendered (default: the task's)")
+    p.add_argument("--data-seed", type=int, default=None, help="the generic corpus' seed (default: the task's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--steps-per-epoch", type=int, default=50)
-    p.add_argument("--valid-seconds", type=float, default=12.0, help="validate on this much of each valid track")
+    p.add_argument("--valid-seconds", type=float, default=None,
+                   help="validate on this much of each valid item, 0: all (default: the task's)")
     p.add_argument("--patience", type=int, default=8, help="epochs without improvement that make a plateau")
-    p.add_argument("--min-delta", type=float, default=0.05, help="dB that count as an improvement")
+    p.add_argument("--min-delta", type=float, default=0.05,
+                   help="what counts as an improvement, in the objective's unit (separation: dB)")
     p.add_argument("--max-minutes", type=float, default=105.0)
     p.add_argument("--work", type=Path, default=Path("runs/base"))
     p.add_argument("--out", type=Path, default=None, help="default: the family's embedded asset")
@@ -93,7 +100,11 @@ def main(argv: list[str]) -> int:
     if args.init and not args.init.is_file():
         raise RankhouseError(f"--init {args.init}: no such file")
 
-    root = embedded_corpus("generic", args.songs, args.seconds, args.data_seed, progress=Progress("render generic"))
+    cfg = study(family, "generic", args)
+    metric = family.task.default_objective
+    if family.task.metrics(cfg)[metric].mode != "max":
+        raise RankhouseError(f"--family {args.family}: its objective {metric} is minimised; the plateau rule "
+                             "wants a score that rises")
     best_path = args.work / "best.safetensors"
     train_argv = [a for a in argv if a != "--finalize"]
     if args.finalize:
@@ -102,10 +113,9 @@ def main(argv: list[str]) -> int:
         curve = json.loads((args.work / "curve.json").read_text())
         minutes = curve[-1]["minutes"] if curve else 0.0
         why = f"interrupted by hand after {minutes:g} min (this session's time), before a plateau"
-        return finalize(family, args, train_argv, root, curve, why, minutes)
-    cfg = base_config(root, args)
+        return finalize(family, args, train_argv, cfg, curve, why, minutes)
     args.work.mkdir(parents=True, exist_ok=True)
-    curve, best, offset = resume_state(args) if args.resume else ([], {"sdr": -float("inf"), "epoch": 0}, {})
+    curve, best, offset = resume_state(args) if args.resume else ([], {"value": -float("inf"), "epoch": 0}, {})
     started = time.time() - 60 * offset.get("minutes", 0.0)
     stop_reason = {"why": "plateau"}
 
@@ -119,20 +129,20 @@ def main(argv: list[str]) -> int:
         minutes = (time.time() - started) / 60
         metrics = {**metrics, "epoch": metrics["epoch"] + offset.get("epoch", 0),
                    "step": metrics["step"] + offset.get("step", 0)}
+        value = metrics[metric]
         curve.append({"epoch": metrics["epoch"], "step": metrics["step"], "minutes": round(minutes, 2),
-                      "lr": args.lr, "train_loss": round(metrics["train/loss"], 5),
-                      "valid_sdr": round(metrics["valid/sdr"], 3)})
+                      "lr": args.lr, "train_loss": round(metrics["train/loss"], 5), "valid": round(value, 4)})
         # Keras' min_delta rule: the bar moves only on a counted improvement, so a steady creep
         # of less than min_delta per epoch still counts once it adds up to min_delta
-        improved = metrics["valid/sdr"] > best.get("bar", -float("inf")) + args.min_delta
-        if metrics["valid/sdr"] > best["sdr"]:
+        improved = value > best.get("bar", -float("inf")) + args.min_delta
+        if value > best["value"]:
             shutil.copy(folder / checkpoint.MODEL, best_path)
-            best.update(sdr=metrics["valid/sdr"], epoch=metrics["epoch"], step=metrics["step"])
+            best.update(value=value, epoch=metrics["epoch"], step=metrics["step"])
         if improved:
-            best.update(improved_epoch=metrics["epoch"], bar=metrics["valid/sdr"])
+            best.update(improved_epoch=metrics["epoch"], bar=value)
         print(f"epoch {metrics['epoch']:4d} step {metrics['step']:6d} {minutes:6.1f} min  "
-              f"train/loss {metrics['train/loss']:.4f}  valid/sdr {metrics['valid/sdr']:.3f} dB  "
-              f"(best {best['sdr']:.3f} @ {best['epoch']})", flush=True)
+              f"train/loss {metrics['train/loss']:.4f}  {metric} {value:.3f}  "
+              f"(best {best['value']:.3f} @ {best['epoch']})", flush=True)
         (args.work / "curve.json").write_text(json.dumps(curve))
         if metrics["epoch"] - best.get("improved_epoch", 0) >= args.patience:
             return True
@@ -142,7 +152,7 @@ def main(argv: list[str]) -> int:
         return False
 
     loop.train(cfg, report, on_setup=load_best)
-    return finalize(family, args, train_argv, root, curve, stop_reason["why"], (time.time() - started) / 60)
+    return finalize(family, args, train_argv, cfg, curve, stop_reason["why"], (time.time() - started) / 60)
 
 
 def initial_weights(path: Path) -> dict:
@@ -167,53 +177,58 @@ def resume_state(args) -> tuple[list[dict], dict, dict]:
     old_lr = json.loads(card_json.read_text())["training"].get("lr") if card_json.is_file() else None
     for c in curve:
         c.setdefault("lr", old_lr)
-    top = max(curve, key=lambda c: c["valid_sdr"])
+        if "valid_sdr" in c:  # curves written before the base trainer served every task
+            c["valid"] = c.pop("valid_sdr")
+    top = max(curve, key=lambda c: c["valid"])
     improved, bar = top["epoch"], -float("inf")  # replay the plateau rule of ``report`` over the curve
     for c in curve:
-        if c["valid_sdr"] > bar + args.min_delta:
-            improved, bar = c["epoch"], c["valid_sdr"]
-    best = {"sdr": top["valid_sdr"], "epoch": top["epoch"], "step": top["step"], "improved_epoch": improved,
+        if c["valid"] > bar + args.min_delta:
+            improved, bar = c["epoch"], c["valid"]
+    best = {"value": top["valid"], "epoch": top["epoch"], "step": top["step"], "improved_epoch": improved,
             "bar": bar}
     last = curve[-1]
-    print(f"resuming {args.work}: {len(curve)} epochs, best {top['valid_sdr']:.3f} dB @ {top['epoch']}; "
+    print(f"resuming {args.work}: {len(curve)} epochs, best {top['valid']:.3f} @ {top['epoch']}; "
           f"training from the best weights at lr {args.lr:g}", flush=True)
     return curve, best, {"epoch": last["epoch"], "step": last["step"], "minutes": last["minutes"]}
 
 
-def finalize(family: Family, args, train_argv: list[str], root: Path, curve: list[dict], stopped_by: str,
+def finalize(family: Family, args, train_argv: list[str], cfg: dict, curve: list[dict], stopped_by: str,
              minutes: float) -> int:
     """Write the best checkpoint as the asset (architecture in its metadata) and its model card."""
     best_path = args.work / "best.safetensors"
-    best = max(curve, key=lambda c: c["valid_sdr"]) if curve else {"epoch": None, "step": None}
-    base = family.build_base({"base": "scratch", "base_sources": list(FOUR_STEMS)})
+    best = max(curve, key=lambda c: c["valid"]) if curve else {"epoch": None, "step": None}
+    base = family.build_base(cfg["model"])
     model = base.model
     model.load_state_dict(load_file(str(best_path)))
     sha = family.save_model(model, args.out, base)
-    print("scoring the base on whole valid tracks (generic and tech-house)...", flush=True)
-    generic = score(family, args.out, root)
-    techhouse = score(family, args.out, embedded_corpus(**TECHHOUSE, progress=Progress("render techhouse")))
+    print("scoring the base on whole valid items (generic and tech-house)...", flush=True)
+    generic = score(family, args.out, cfg)
+    techhouse = score(family, args.out, study(family, "techhouse", args))
+    data = {k: v for k, v in cfg["data"].items() if k not in ("root", "cache", "cache_dir")}
     card = {
         "file": args.out.name, "sha256": sha, "bytes": args.out.stat().st_size,
-        "architecture": {"class": f"{type(model).__module__}.{type(model).__qualname__}", "sources": list(FOUR_STEMS),
-                         "kwargs": base.config["kwargs"], "parameters": sum(p.numel() for p in model.parameters())},
-        "data": {"preset": "generic", "songs": args.songs, "seconds": args.seconds, "seed": args.data_seed,
-                 "sources": FOUR_STEMS},
-        "training": {"optimizer": "AdamW", "lr_stages": lr_stages(curve), "batch_size": args.batch_size, "segment_s": 3.0,
-                     "steps_per_epoch": args.steps_per_epoch, "seed": args.seed, "augment": "demucs-style",
+        "architecture": {"class": f"{type(model).__module__}.{type(model).__qualname__}",
+                         **{k: v for k, v in base.config.items() if k not in ("samplerate", "segment")},
+                         "parameters": sum(p.numel() for p in model.parameters())},
+        "data": data,
+        "objective": family.task.default_objective,
+        "training": {"optimizer": "AdamW", "lr_stages": lr_stages(curve), "batch_size": args.batch_size,
+                     "steps_per_epoch": args.steps_per_epoch, "seed": args.seed,
+                     "augment": bool(cfg["train"]["augment"]),
                      "init": {"file": str(args.init), "sha256": checkpoint.sha256(args.init)} if args.init else None,
-                     "valid_seconds": args.valid_seconds,
+                     "valid_seconds": cfg["train"]["valid_max_seconds"],
                      "best_epoch": best["epoch"], "best_step": best["step"], "epochs_run": len(curve),
                      "stopped_by": stopped_by, "patience_epochs": args.patience,
-                     "min_delta_db": args.min_delta, "minutes": round(minutes, 1)},
+                     "min_delta": args.min_delta, "minutes": round(minutes, 1)},
         "valid_curve": curve,
-        "nsdr": {"generic_valid": generic, "techhouse_valid": techhouse},
+        "scores": {"generic_valid": generic, "techhouse_valid": techhouse},
         "commands": commands(args, train_argv),
     }
     if args.out == family.embedded:
         card_json, card_md = cards(args.out)
         card_json.write_text(json.dumps(card, indent=1))
         card_md.write_text(model_card_markdown(card))
-    print(json.dumps({k: card[k] for k in ("sha256", "bytes", "nsdr")}, indent=1))
+    print(json.dumps({k: card[k] for k in ("sha256", "bytes", "scores")}, indent=1))
     return 0
 
 
@@ -239,29 +254,30 @@ def commands(args, train_argv: list[str]) -> list[str]:
 
 
 def model_card_markdown(card: dict) -> str:
-    t, g, th = card["training"], card["nsdr"]["generic_valid"], card["nsdr"]["techhouse_valid"]
-    rows = "\n".join(f"| {c['epoch']} | {c['step']} | {c['minutes']} | {c['train_loss']} | {c['valid_sdr']} |"
+    t, metric = card["training"], card["objective"]
+    rows = "\n".join(f"| {c['epoch']} | {c['step']} | {c['minutes']} | {c['train_loss']} | {c['valid']} |"
                      for c in card["valid_curve"])
     stages = "; ".join(f"lr {s['lr']:g} for epochs {s['first_epoch']}-{s['last_epoch']}" for s in t["lr_stages"])
     init = f" from `{t['init']['file']}` (sha256 `{t['init']['sha256'][:12]}`)" if t.get("init") else ""
-    per = lambda m: ", ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in m.items() if k.startswith("valid/sdr/"))
-    return f"""# Embedded base: small 4-stem {card['architecture']['class'].rsplit('.', 1)[-1]}
+    scores = lambda m: ", ".join(f"{k.removeprefix('valid/')} {v:.3f}" for k, v in m.items())
+    arch = {k: v for k, v in card["architecture"].items() if k not in ("class", "parameters")}
+    return f"""# Embedded base: {card['architecture']['class'].rsplit('.', 1)[-1]}
 
 - file: `{card['file']}` ({card['bytes']} bytes), sha256 `{card['sha256']}`
-- architecture: `{card['architecture']['class']}`, sources {card['architecture']['sources']},
-  {card['architecture']['parameters']} parameters, kwargs `{json.dumps(card['architecture']['kwargs'])}`
-- data: rendered `{card['data']['preset']}` preset, {card['data']['songs']} songs x {card['data']['seconds']} s,
-  seed {card['data']['seed']}; drums = kick + hihat
-- training: full training{init}, AdamW {stages}, batch {t['batch_size']} x {t['segment_s']} s, seed {t['seed']},
+- architecture: `{card['architecture']['class']}`, {card['architecture']['parameters']} parameters,
+  `{json.dumps(arch)}`
+- data: `{json.dumps(card['data'])}`
+- training: full training{init}, AdamW {stages}, batch {t['batch_size']}, seed {t['seed']},
   {t['epochs_run']} epochs of {t['steps_per_epoch']} steps in {t['minutes']} min; best epoch {t['best_epoch']};
-  stopped by: {t['stopped_by']} (no gain > {t['min_delta_db']} dB for {t['patience_epochs']} epochs)
-- whole-track valid nSDR: generic {g['valid/sdr']:.2f} dB ({per(g)});
-  tech-house {th['valid/sdr']:.2f} dB ({per(th)})
+  stopped by: {t['stopped_by']} (no gain in {metric} > {t['min_delta']} for {t['patience_epochs']} epochs)
+- whole valid items, generic: {scores(card['scores']['generic_valid'])}
+- whole valid items, tech-house: {scores(card['scores']['techhouse_valid'])}
 - rebuild: {" then ".join(f"`{c}`" for c in card["commands"])}
 
-## Validation curve (nSDR on the generic valid tracks' first {t['valid_seconds']:g} s)
+## Validation curve ({metric} on {f"the generic valid items' first {t['valid_seconds']:g} s" if t['valid_seconds']
+                                 else "whole generic valid items"})
 
-| epoch | step | minutes | train loss | valid nSDR (dB) |
+| epoch | step | minutes | train loss | {metric} |
 |---|---|---|---|---|
 {rows}
 """

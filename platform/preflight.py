@@ -23,6 +23,7 @@ class Prepared:
     config: dict  # the study's fixed config with its paths absolute and the task's data settings resolved
     base_identity: dict
     base_metrics: dict
+    baselines: dict  # the task's references that cannot listen: name -> metrics
 
 
 def in_file(study: Study, section: str, exc: RankhouseError) -> RankhouseError:
@@ -100,4 +101,4 @@ def prepare(study: Study) -> Prepared:
     print("preflight: scoring the base model (adapted to the study, no adapter) on the valid split")
     valid = task.open(cfg, setup.base, "valid", Progress)
     metrics = task.evaluate(setup.model, valid, cfg, setup.base, torch.device("cpu"))
-    return Prepared(cfg, setup.base.identity, metrics)
+    return Prepared(cfg, setup.base.identity, metrics, task.baselines(cfg, setup.base, valid, Progress))

@@ -120,5 +120,7 @@ def start_parent(uri: str, study: spaces.Study, prepared, out: Path) -> tuple[st
                                       "base.name": prepared.base_identity["name"],
                                       "base.sha256": prepared.base_identity["sha256"]})
     tracking.log_metrics(mlflow, pid, {f"base/{k}": v for k, v in prepared.base_metrics.items()}, step=0)
+    for name, metrics in prepared.baselines.items():
+        tracking.log_metrics(mlflow, pid, {f"baseline/{name}/{k}": v for k, v in metrics.items()}, step=0)
     mlflow.log_artifact(pid, str(study.file))
     return name, exp_id, pid

@@ -46,7 +46,7 @@ def summarize(study: spaces.Study, results, prepared, uri: str, experiment: str,
                "ui_url": ui_url(uri, exp_id, parent_id), "parent_run_id": parent_id,
                "objective": {"metric": metric, "mode": mode}, "base": {"identity": prepared.base_identity,
                                                                        "metrics": prepared.base_metrics},
-               "trials": trials, "best": best}
+               "baselines": prepared.baselines, "trials": trials, "best": best}
     if len(objs) > 1:
         summary["objectives"] = [{"metric": m, "mode": d} for m, d in objs]
         on_front = set(pareto.front({t["run_id"]: [t["objectives"][m] for m, _ in objs]
@@ -97,6 +97,9 @@ def markdown(summary: dict) -> str:
     if metric in base:
         lines.append("| base | | | " + " | ".join(f"{base[k]:.3f}" for k in [metric, *(f"{metric}/{p}" for p in parts)])
                      + " | (no adapter) |")
+    for name, scores in summary.get("baselines", {}).items():
+        lines.append(f"| {name} | | | " + " | ".join(number(scores.get(k)) for k in
+                                                     [metric, *(f"{metric}/{p}" for p in parts)]) + " | (baseline) |")
     for t in summary["trials"]:
         values = [number(t["best"]), *(number(t["metrics"].get(f"{metric}/{p}")) for p in parts)]
         cfg = describe(t["config"])
@@ -119,6 +122,9 @@ def print_table(summary: dict) -> None:
     if base is not None:
         print(f"{'base':<12} {'':<9} {'':>3} {base:>10.3f} " + " ".join(
             f"{summary['base']['metrics'][f'{metric}/{s}']:>7.2f}" for s in parts) + "  (no adapter)")
+    for name, scores in summary.get("baselines", {}).items():
+        print(f"{name[:12]:<12} {'':<9} {'':>3} {number(scores.get(metric)):>10} "
+              + " ".join(f"{number(scores.get(f'{metric}/{s}')):>7}" for s in parts) + "  (baseline, cannot listen)")
     for t in summary["trials"]:
         best = f"{t['best']:.3f}" if t["best"] is not None else "-"
         per = " ".join(f"{t['metrics'].get(f'{metric}/{s}', float('nan')):>7.2f}" for s in parts)

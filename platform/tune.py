@@ -225,6 +225,8 @@ def search(args, console: str) -> tuple[spaces.Study, dict, object, dict, str]:
     print(f"tracking: {tracking.redact(uri)}\nexperiment: {experiment}\nparent run: {parent_id}\n{browse(uri, exp_id, parent_id)}")
     print(f"base: {prepared.base_identity['name']} ({(prepared.base_identity['sha256'] or '')[:12]}) "
           f"{metric} = {prepared.base_metrics.get(metric, float('nan')):.3f}")
+    for name, scores in prepared.baselines.items():
+        print(f"baseline {name}: {metric} = {scores.get(metric, float('nan')):.3f}")
     mlflow = tracking.client(uri)
     try:
         results = run_search(study, prepared, out, uri, exp_id, parent_id, resume=args.resume, limit=limit,

@@ -20,7 +20,7 @@ def write_run(work, sdrs):
     work.mkdir(parents=True, exist_ok=True)
     (work / "best.safetensors").write_bytes(b"weights")
     curve = [{"epoch": i + 1, "step": 50 * (i + 1), "minutes": 1.5 * (i + 1), "lr": 5e-4, "train_loss": 0.01,
-              "valid_sdr": v} for i, v in enumerate(sdrs)]
+              "valid": v} for i, v in enumerate(sdrs)]
     (work / "curve.json").write_text(json.dumps(curve))
 
 
@@ -30,6 +30,15 @@ def test_a_slow_creep_still_counts_once_it_adds_up_to_min_delta(tmp_path):
     curve, best, offset = base.resume_state(args_for(tmp_path))
     assert best["improved_epoch"] == 9 and best["bar"] == pytest.approx(6.24)
     assert best["epoch"] == 10 and offset == {"epoch": 10, "step": 500, "minutes": 15.0}
+
+
+def test_a_curve_written_before_every_task_had_a_base_still_resumes(tmp_path):
+    write_run(tmp_path, [5.0, 6.0, 6.2])
+    curve = json.loads((tmp_path / "curve.json").read_text())
+    (tmp_path / "curve.json").write_text(json.dumps([{**{k: v for k, v in c.items() if k != "valid"},
+                                                      "valid_sdr": c["valid"]} for c in curve]))
+    curve, best, _ = base.resume_state(args_for(tmp_path))
+    assert best["value"] == 6.2 and best["epoch"] == 3 and [c["valid"] for c in curve] == [5.0, 6.0, 6.2]
 
 
 def test_noise_around_a_level_is_a_plateau(tmp_path):
@@ -69,6 +78,6 @@ def test_init_maps_a_base_of_the_bs_roformer_package_onto_msst_keys(tmp_path):
 ])
 def test_init_is_checked_before_any_data_is_rendered(argv, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(base, "embedded_corpus", lambda *a, **k: pytest.fail("rendered before checking --init"))
+    monkeypatch.setattr(base, "study", lambda *a, **k: pytest.fail("rendered before checking --init"))
     with pytest.raises(RankhouseError, match=message):
         base.main(["--family", "bs_roformer", "--work", str(tmp_path / "w"), *argv])

@@ -41,7 +41,8 @@ def store(tmp_path):
         results.append(SimpleNamespace(path=f"/ray/{STUDY}/trial_{tid}", config={"lora": {"rank": params // 1500}}))
     study = SimpleNamespace(name=STUDY, config={"objective": {"metric": "valid/sdr", "mode": "max"}},
                             params=[spaces.Param(("lora", "rank"), "lora.rank", "choice", {"values": [1, 2]}, {})])
-    prepared = SimpleNamespace(base_identity={"name": "tiny", "sha256": "0" * 64}, base_metrics={"valid/sdr": 0.8})
+    prepared = SimpleNamespace(base_identity={"name": "tiny", "sha256": "0" * 64}, base_metrics={"valid/sdr": 0.8},
+                               baselines={"silence": {"valid/sdr": 0.0}})
     summary = summarize(study, results, prepared, uri, STUDY, exp, parent)
     return uri, client, parent, summary
 
@@ -80,6 +81,19 @@ def test_four_plots_are_logged_to_the_parent_run(store, tmp_path):
     local = Path(client.download_artifacts(parent, report.ARTIFACT_PATH))
     assert all((local / f"{n}.png").read_bytes()[:8] == PNG for n in made)
     assert not [k for k in client.get_run(parent).data.tags if k.startswith(tags.PLOT_SKIPPED)]
+
+
+def test_the_tables_show_the_tasks_baselines_beside_the_base(store, capsys):
+    from platform.summary import markdown, print_table
+
+    summary = store[3]
+    assert summary["baselines"] == {"silence": {"valid/sdr": 0.0}}
+    print_table(summary)
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line for line in lines if line.startswith("silence"))
+    assert row.split()[1] == "0.000" and "(baseline, cannot listen)" in row
+    assert lines.index(row) == next(i for i, line in enumerate(lines) if line.startswith("base ")) + 1
+    assert "| silence | | | 0.000 | (baseline) |" in markdown(summary)
 
 
 def test_history_is_in_completion_order_with_the_running_best(store):

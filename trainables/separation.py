@@ -170,6 +170,15 @@ class Separation(Task):
         return embedded_corpus(section["preset"], section["songs"], section["seconds"], section["seed"],
                                section.get("valid"), progress=progress(f"render {section['preset']}"))
 
+    def base_study(self, preset: str) -> dict:
+        """4 sources, drums = kick + hihat; validation on each track's first 12 s while training."""
+        corpus = {"generic": {"songs": 60, "seconds": 24.0, "seed": 1},
+                  "techhouse": {"songs": 24, "seconds": 20.0, "seed": 0}}[preset]  # techhouse: search_spaces/techhouse.yaml's
+        return {"model": {"sources": ["drums", "bass", "other", "vocals"]},
+                "data": {"embedded": {"preset": preset, **corpus}, "stems": {"drums": ["kick", "hihat"]},
+                         "segment": 3.0},
+                "train": {"valid_max_seconds": 12.0}}
+
     def check(self, cfg: dict, progress: ProgressFactory = no_progress) -> None:
         from trainables.data import check
 

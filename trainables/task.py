@@ -90,6 +90,12 @@ class Task(ABC):
         raise RankhouseError(f"data.root: embedded: the {self.name} task has no embedded data; "
                              "set data.root to a dataset folder")
 
+    def base_study(self, preset: str) -> dict:
+        """Config sections of an embedded base's run (``platform.base``) on the embedded corpus of
+        ``preset``: ``generic`` is what the base trains on, ``techhouse`` what its card also
+        reports. At least ``data.embedded``; any ``model``/``data``/``train`` keys the task needs."""
+        raise RankhouseError(f"the {self.name} task has no embedded corpus to train a base on")
+
     @abstractmethod
     def check(self, cfg: dict, progress: ProgressFactory = no_progress) -> None:
         """Check the dataset at ``cfg['data']['root']`` before any compute: raise one
@@ -116,6 +122,12 @@ class Task(ABC):
     def evaluate(self, model: nn.Module, data: Any, cfg: dict, base, device: torch.device) -> dict[str, float]:
         """An opened validation split -> every metric of ``metrics`` except ``train/loss``.
         Must include ``valid/loss``: a non-finite one fails the trial."""
+
+    def baselines(self, cfg: dict, base, valid: Any, progress: ProgressFactory = no_progress) -> dict[str, dict]:
+        """Scores of references that cannot listen (e.g. a template, the majority class) on the
+        opened valid split, named as ``evaluate`` names metrics: ``{name: metrics}``. The driver
+        computes them once per search; summaries show them beside the base."""
+        return {}
 
     def preview(self, model: nn.Module, data: Any, cfg: dict, base, metrics: dict, folder: Path,
                 device: torch.device) -> bool:
