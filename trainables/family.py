@@ -21,6 +21,7 @@ FAMILIES = {
     "htdemucs": "trainables.htdemucs:HTDemucsFamily",
     "bs_roformer": "trainables.bs_roformer:BSRoformerFamily",
     "scnet": "trainables.scnet:SCNetFamily",
+    "structure": "trainables.structure.family:StructureFamily",
 }
 
 

@@ -141,14 +141,21 @@ def arrange(n_bars: int, preset: Preset) -> list[Section]:
     return sections
 
 
-def compose(preset: Preset, seed: int, seconds: float) -> Song:
+def compose(preset: Preset, seed: int, seconds: float, plan=None) -> Song:
+    """A song of ``seconds`` in the preset's arrangement, or in ``plan(bpm, rng)``'s sections
+    (the structure corpus' varied arrangements); the random draws before and after the
+    arrangement are the same either way."""
     rng = np.random.default_rng(seed)
     bpm = float(np.round(rng.uniform(*preset.bpm), 1))
     beat = 60.0 / bpm
     n_bars = int(np.ceil(seconds / (4 * beat)))
     key = int(rng.integers(0, 12))
     swing = float(rng.uniform(0.0, 0.2))
-    sections = arrange(n_bars, preset)
+    if plan is None:
+        sections = arrange(n_bars, preset)
+    else:
+        sections = plan(bpm, np.random.default_rng([seed, 1]))
+        n_bars = sum(s.bars for s in sections)
     progression = preset.progressions[rng.integers(len(preset.progressions))]
     step = beat / 4
 
