@@ -3,7 +3,6 @@ family's LoRA, and a model that must hear the structure to beat the template bas
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np

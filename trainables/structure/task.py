@@ -12,6 +12,7 @@ its loss and its metrics):
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -111,8 +112,6 @@ def evaluate_tracks(model: nn.Module, tracks: list[dataset.Track], weights: dict
 
 def clipped(ann: annotations.Annotation, seconds: float) -> annotations.Annotation:
     """The annotation of a track's first ``seconds``."""
-    import dataclasses
-
     keep = ann.times < seconds
     return dataclasses.replace(ann, duration=seconds, times=ann.times[keep],
                                labels=[lab for lab, k in zip(ann.labels, keep) if k],
