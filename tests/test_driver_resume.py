@@ -32,7 +32,7 @@ def test_a_killed_driver_resumes_the_study(tiny_search, tmp_path):
     # Tune saves its experiment state at most once a second: the kill below waits for a save
     out, env = tiny_search.out, {**tiny_search.env, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     cmd = tiny_search.cmd(f"search.num_samples={TRIALS}", "search.max_concurrent=1", f"train.epochs={EPOCHS}",
-                          "train.steps_per_epoch=4")
+                          "train.steps_per_epoch=16")  # an epoch outlasts a state save and a poll
     log = tmp_path / "first.log"
 
     def kill_between_trials(parent_id, runs):

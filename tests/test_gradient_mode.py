@@ -54,7 +54,7 @@ def test_every_layer_type_is_rebuilt_exactly_at_its_own_rank(warmed, tiny_mix):
     layer type (Linear, Conv, ConvTranspose, both projections of MultiheadAttention) is right."""
     _, model, ranks, _ = warmed
     kinds = {type(layer).__name__ for layers in realloc.lora_layers(model).values() for layer in layers}
-    assert {"Linear", "Conv1d", "Conv2d", "LoraConvTranspose", "MultiheadAttention"} <= kinds
+    assert {"Linear", "LoraConv1d", "LoraConv2d", "LoraConvTranspose", "MultiheadAttention"} <= kinds
     with torch.no_grad():
         before = model(tiny_mix)
         realloc.reshape(model, dict(ranks))
