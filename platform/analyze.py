@@ -13,7 +13,6 @@ the boundary and beat F-measures against it.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,6 @@ import torch
 from platform import models
 from platform.cli import run
 from platform.separate import check_inputs
-from trainables import bundle
 from trainables.data import audio
 from trainables.errors import RankhouseError
 
@@ -48,12 +46,7 @@ def main(argv: list[str]) -> int:
         reference.audio = args.files[0]
     check_inputs(args.files)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with tempfile.TemporaryDirectory(prefix="rankhouse-analyze-") as tmp:
-        folder, origin = models.fetch(args.model, Path(tmp) / "adapter", args.tracking_uri)
-        loaded = bundle.load(folder, args.base)
-    if loaded.family.task.name != "structure":
-        raise RankhouseError(f"--model {args.model}: a {loaded.family.task.name} adapter ({loaded.manifest['family']}); "
-                             "platform.analyze runs structure models")
+    loaded, origin = models.load_for(args.model, "structure", "platform.analyze", args.tracking_uri, args.base)
     loaded.model.to(device)
     m = loaded.manifest
     rate, hop = int(m["samplerate"]), int(m["hop"])

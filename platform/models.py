@@ -100,3 +100,19 @@ def parse_runs_uri(source: str) -> tuple[str, str]:
     if not m:
         raise RankhouseError(f"{source}: expected runs:/RUN_ID/PATH")
     return m.group(1), m.group(2)
+
+
+def load_for(ref: str, task: str, command: str, tracking_uri: str | None = None, base: str | None = None):
+    """The adapter bundle ``ref`` rebuilt on its base (``bundle.load``), refused unless its
+    family's task is ``task``: what ``command`` runs. Returns the loaded bundle and where it came from."""
+    import tempfile
+
+    from trainables import bundle
+
+    with tempfile.TemporaryDirectory(prefix="rankhouse-adapter-") as tmp:
+        folder, origin = fetch(ref, Path(tmp) / "adapter", tracking_uri)
+        loaded = bundle.load(folder, base)
+    if loaded.family.task.name != task:
+        raise RankhouseError(f"--model {ref}: a {loaded.family.task.name} adapter ({loaded.manifest['family']}); "
+                             f"{command} runs {task} models")
+    return loaded, origin

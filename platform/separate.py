@@ -125,13 +125,7 @@ def main(argv: list[str]) -> int:
         raise RankhouseError(f"--reference {args.reference}: no such folder")
     check_inputs(args.files)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with tempfile.TemporaryDirectory(prefix="rankhouse-separate-") as tmp:
-        folder, origin = models.fetch(args.model, Path(tmp) / "adapter", args.tracking_uri)
-        loaded = bundle.load(folder, args.base)
-    if loaded.family.task.name != "separation":
-        raise RankhouseError(f"--model {args.model}: a {loaded.family.task.name} adapter "
-                             f"({loaded.manifest['family']}); "
-                             "platform.separate runs separators")
+    loaded, origin = models.load_for(args.model, "separation", "platform.separate", args.tracking_uri, args.base)
     loaded.model.to(device)
     m = loaded.manifest
     print(f"model: {args.model} ({', '.join(f'{k} {v}' for k, v in origin.items())}); "

@@ -123,10 +123,25 @@ def render_corpus(out: Path, preset: str, songs: int, seconds: float, seed: int 
     out = Path(out).resolve()
     if out == Path.cwd().resolve() or out.parent == out:
         raise RankhouseError(f"--out {out}: render into a new folder, not the current directory")
+
+    def write_song(folder: Path, i: int) -> None:
+        split = "valid" if i >= songs - valid else "train"
+        stems, notes = render_song(preset, song_seed(seed, i), seconds, soundfont)
+        write_track(folder / split / f"{preset}-{seed}-{i:04d}", stems, notes)
+
+    return write_corpus(out, spec, songs, write_song, progress)
+
+
+def write_corpus(out: Path, spec: dict, songs: int, write_song: Callable[[Path, int], None],
+                 progress: Callable[[int, int], None] | None = None) -> Path:
+    """``write_song(folder, i)`` for every song into a temporary folder, then the manifest
+    ``spec``, then one rename to ``out``: a half-written corpus never appears. Under a lock, as
+    two searches may render the same embedded corpus at once; an ``out`` whose manifest is
+    ``spec`` is reused as it is."""
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = os.open(out.parent, os.O_RDONLY)  # a lock on the folder itself: no lock file left behind
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two searches may render the same embedded corpus at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
         if (out / MANIFEST).is_file() and json.loads((out / MANIFEST).read_text()) == spec:
             return out
         if out.exists() and any(out.iterdir()):
@@ -136,9 +151,7 @@ def render_corpus(out: Path, preset: str, songs: int, seconds: float, seed: int 
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             for i in range(songs):
-                split = "valid" if i >= songs - valid else "train"
-                stems, notes = render_song(preset, song_seed(seed, i), seconds, soundfont)
-                write_track(tmp / split / f"{preset}-{seed}-{i:04d}", stems, notes)
+                write_song(tmp, i)
                 if progress:
                     progress(i + 1, songs)
             (tmp / MANIFEST).write_text(json.dumps(spec, indent=1))

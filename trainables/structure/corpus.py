@@ -21,11 +21,7 @@ files, split into ``train/`` and ``valid/``.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import itertools
-import json
-import os
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +35,6 @@ from trainables.data.synth import DRUM_CHANNEL, Channel, Note
 from trainables.errors import RankhouseError
 
 SAMPLERATE = 22050  # mono FLAC: every backbone resamples to its own rate
-MANIFEST = "corpus.json"
 VERSION = 1
 CRASH, SNARE, REVERSE_CYMBAL, SAW_LEAD = 49, 38, 119, 81
 
@@ -160,38 +155,17 @@ def render_corpus(out: Path, preset: str, songs: int, seconds: tuple[float, floa
     soundfont = synth.find_soundfont()
     spec = corpus_spec(preset, songs, seconds, seed, valid, soundfont)
     out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lock = os.open(out.parent, os.O_RDONLY)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two searches may render the same embedded corpus at once
-        if (out / MANIFEST).is_file() and json.loads((out / MANIFEST).read_text()) == spec:
-            return out
-        if out.exists() and any(out.iterdir()):
-            raise RankhouseError(f"{out}: exists and is not a structure corpus rendered with these settings; "
-                                 "choose an empty folder")
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            for i in range(songs):
-                split = "valid" if i >= songs - valid else "train"
-                pcm, notes = render_structure_song(preset, render.song_seed(seed, i), seconds, soundfont)
-                name = f"{preset}-{seed}-{i:04d}"
-                (tmp / split).mkdir(parents=True, exist_ok=True)
-                sf.write(tmp / split / f"{name}.flac", pcm, SAMPLERATE, subtype="PCM_16")
-                notes["audio"]["file"] = f"{name}.flac"
-                (tmp / split / f"{name}.yaml").write_text(yaml.safe_dump(notes, sort_keys=False))
-                if progress:
-                    progress(i + 1, songs)
-            (tmp / MANIFEST).write_text(json.dumps(spec, indent=1))
-            if out.exists():
-                out.rmdir()
-            os.replace(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        os.close(lock)
-    return out
 
+    def write_song(folder: Path, i: int) -> None:
+        split = folder / ("valid" if i >= songs - valid else "train")
+        pcm, notes = render_structure_song(preset, render.song_seed(seed, i), seconds, soundfont)
+        name = f"{preset}-{seed}-{i:04d}"
+        split.mkdir(parents=True, exist_ok=True)
+        sf.write(split / f"{name}.flac", pcm, SAMPLERATE, subtype="PCM_16")
+        notes["audio"]["file"] = f"{name}.flac"
+        (split / f"{name}.yaml").write_text(yaml.safe_dump(notes, sort_keys=False))
+
+    return render.write_corpus(out, spec, songs, write_song, progress)
 
 def embedded_corpus(section: dict, progress: Callable[[int, int], None] | None = None) -> Path:
     """The structure corpus ``data.embedded`` describes, under rankhouse's cache home."""
@@ -201,7 +175,7 @@ def embedded_corpus(section: dict, progress: Callable[[int, int], None] | None =
             + (f"-valid{section['valid']}" if section.get("valid") else "")
             + f"-{renderer['soundfont_sha256'][:8]}-fs{renderer['fluidsynth']}-v{VERSION}")
     out = render.home() / "corpora" / name
-    if not (out / MANIFEST).is_file():
+    if not (out / render.MANIFEST).is_file():
         print(f"rendering the embedded structure corpus ({section['songs']} {section['preset']} songs of "
               f"{lo:g}-{hi:g} s) into {out}")
     return render_corpus(out, section["preset"], section["songs"], (lo, hi), section["seed"],
