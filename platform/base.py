@@ -101,10 +101,7 @@ def main(argv: list[str]) -> int:
         raise RankhouseError(f"--init {args.init}: no such file")
 
     cfg = study(family, "generic", args)
-    metric = family.task.default_objective
-    if family.task.metrics(cfg)[metric].mode != "max":
-        raise RankhouseError(f"--family {args.family}: its objective {metric} is minimised; the plateau rule "
-                             "wants a score that rises")
+    metric, sign = family.task.default_objective, objective_sign(family, cfg)
     best_path = args.work / "best.safetensors"
     train_argv = [a for a in argv if a != "--finalize"]
     if args.finalize:
@@ -115,7 +112,7 @@ def main(argv: list[str]) -> int:
         why = f"interrupted by hand after {minutes:g} min (this session's time), before a plateau"
         return finalize(family, args, train_argv, cfg, curve, why, minutes)
     args.work.mkdir(parents=True, exist_ok=True)
-    curve, best, offset = resume_state(args) if args.resume else ([], {"value": -float("inf"), "epoch": 0}, {})
+    curve, best, offset = resume_state(args, sign) if args.resume else ([], {"value": -float("inf"), "epoch": 0}, {})
     started = time.time() - 60 * offset.get("minutes", 0.0)
     stop_reason = {"why": "plateau"}
 
@@ -134,15 +131,16 @@ def main(argv: list[str]) -> int:
                       "lr": args.lr, "train_loss": round(metrics["train/loss"], 5), "valid": round(value, 4)})
         # Keras' min_delta rule: the bar moves only on a counted improvement, so a steady creep
         # of less than min_delta per epoch still counts once it adds up to min_delta
-        improved = value > best.get("bar", -float("inf")) + args.min_delta
-        if value > best["value"]:
+        # (on sign * value: a minimised objective's fall counts as a rise)
+        improved = sign * value > best.get("bar", -float("inf")) + args.min_delta
+        if sign * value > best["value"]:
             shutil.copy(folder / checkpoint.MODEL, best_path)
-            best.update(value=value, epoch=metrics["epoch"], step=metrics["step"])
+            best.update(value=sign * value, epoch=metrics["epoch"], step=metrics["step"])
         if improved:
-            best.update(improved_epoch=metrics["epoch"], bar=value)
+            best.update(improved_epoch=metrics["epoch"], bar=sign * value)
         print(f"epoch {metrics['epoch']:4d} step {metrics['step']:6d} {minutes:6.1f} min  "
-              f"train/loss {metrics['train/loss']:.4f}  {metric} {value:.3f}  "
-              f"(best {best['value']:.3f} @ {best['epoch']})", flush=True)
+              f"train/loss {metrics['train/loss']:.4f}  {metric} {value:.4f}  "
+              f"(best {sign * best['value']:.4f} @ {best['epoch']})", flush=True)
         (args.work / "curve.json").write_text(json.dumps(curve))
         if metrics["epoch"] - best.get("improved_epoch", 0) >= args.patience:
             return True
@@ -164,7 +162,12 @@ def initial_weights(path: Path) -> dict:
     return {k.replace(".branch.", "."): v for k, v in state.items() if ".to_value_residual_mix." not in k}
 
 
-def resume_state(args) -> tuple[list[dict], dict, dict]:
+def objective_sign(family: Family, cfg: dict) -> float:
+    """+1 when the task's default objective rises as the model improves, -1 when it falls."""
+    return 1.0 if family.task.metrics(cfg)[family.task.default_objective].mode == "max" else -1.0
+
+
+def resume_state(args, sign: float) -> tuple[list[dict], dict, dict]:
     """The curve, best epoch and epoch/step/minute offsets of the run in ``--work``."""
     best_path, curve_path = args.work / "best.safetensors", args.work / "curve.json"
     if not best_path.is_file() or not curve_path.is_file():
@@ -179,12 +182,12 @@ def resume_state(args) -> tuple[list[dict], dict, dict]:
         c.setdefault("lr", old_lr)
         if "valid_sdr" in c:  # curves written before the base trainer served every task
             c["valid"] = c.pop("valid_sdr")
-    top = max(curve, key=lambda c: c["valid"])
+    top = max(curve, key=lambda c: sign * c["valid"])
     improved, bar = top["epoch"], -float("inf")  # replay the plateau rule of ``report`` over the curve
     for c in curve:
-        if c["valid"] > bar + args.min_delta:
-            improved, bar = c["epoch"], c["valid"]
-    best = {"value": top["valid"], "epoch": top["epoch"], "step": top["step"], "improved_epoch": improved,
+        if sign * c["valid"] > bar + args.min_delta:
+            improved, bar = c["epoch"], sign * c["valid"]
+    best = {"value": sign * top["valid"], "epoch": top["epoch"], "step": top["step"], "improved_epoch": improved,
             "bar": bar}
     last = curve[-1]
     print(f"resuming {args.work}: {len(curve)} epochs, best {top['valid']:.3f} @ {top['epoch']}; "
@@ -196,7 +199,8 @@ def finalize(family: Family, args, train_argv: list[str], cfg: dict, curve: list
              minutes: float) -> int:
     """Write the best checkpoint as the asset (architecture in its metadata) and its model card."""
     best_path = args.work / "best.safetensors"
-    best = max(curve, key=lambda c: c["valid"]) if curve else {"epoch": None, "step": None}
+    sign = objective_sign(family, cfg)
+    best = max(curve, key=lambda c: sign * c["valid"]) if curve else {"epoch": None, "step": None}
     base = family.build_base(cfg["model"])
     model = base.model
     model.load_state_dict(load_file(str(best_path)))

@@ -13,7 +13,7 @@ from trainables.errors import RankhouseError
 
 
 def args_for(work, **kw):
-    return argparse.Namespace(work=work, min_delta=0.05, lr=2e-4, out=work / "asset.safetensors", **kw)
+    return argparse.Namespace(**{"work": work, "min_delta": 0.05, "lr": 2e-4, "out": work / "asset.safetensors", **kw})
 
 
 def write_run(work, sdrs):
@@ -27,7 +27,7 @@ def write_run(work, sdrs):
 def test_a_slow_creep_still_counts_once_it_adds_up_to_min_delta(tmp_path):
     # +0.03 dB per epoch: no single epoch beats the best by 0.05, every second one beats the bar
     write_run(tmp_path, [6.0 + 0.03 * i for i in range(10)])
-    curve, best, offset = base.resume_state(args_for(tmp_path))
+    curve, best, offset = base.resume_state(args_for(tmp_path), 1.0)
     assert best["improved_epoch"] == 9 and best["bar"] == pytest.approx(6.24)
     assert best["epoch"] == 10 and offset == {"epoch": 10, "step": 500, "minutes": 15.0}
 
@@ -37,19 +37,27 @@ def test_a_curve_written_before_every_task_had_a_base_still_resumes(tmp_path):
     curve = json.loads((tmp_path / "curve.json").read_text())
     (tmp_path / "curve.json").write_text(json.dumps([{**{k: v for k, v in c.items() if k != "valid"},
                                                       "valid_sdr": c["valid"]} for c in curve]))
-    curve, best, _ = base.resume_state(args_for(tmp_path))
+    curve, best, _ = base.resume_state(args_for(tmp_path), 1.0)
     assert best["value"] == 6.2 and best["epoch"] == 3 and [c["valid"] for c in curve] == [5.0, 6.0, 6.2]
 
 
 def test_noise_around_a_level_is_a_plateau(tmp_path):
     write_run(tmp_path, [5.0, 6.0, 6.04, 5.98, 6.03, 6.01, 6.045, 5.99])
-    _, best, _ = base.resume_state(args_for(tmp_path))
+    _, best, _ = base.resume_state(args_for(tmp_path), 1.0)
     assert best["improved_epoch"] == 2 and best["epoch"] == 7
+
+
+def test_a_minimised_objective_plateaus_when_it_stops_falling(tmp_path):
+    """A loss (the ACE-Step family's valid/fm_loss): its best is its lowest, its bar falls."""
+    write_run(tmp_path, [0.70, 0.40, 0.30, 0.29, 0.31, 0.285, 0.295])
+    _, best, _ = base.resume_state(args_for(tmp_path, min_delta=0.02), -1.0)
+    assert best["epoch"] == 6 and best["value"] == pytest.approx(-0.285)
+    assert best["improved_epoch"] == 3 and best["bar"] == pytest.approx(-0.30)  # none since is 0.02 below 0.30
 
 
 def test_resume_needs_an_earlier_run(tmp_path):
     with pytest.raises(RankhouseError, match="no best.safetensors/curve.json"):
-        base.resume_state(args_for(tmp_path / "nothing"))
+        base.resume_state(args_for(tmp_path / "nothing"), 1.0)
 
 
 def test_lr_stages_group_consecutive_epochs():
