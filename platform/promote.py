@@ -129,8 +129,9 @@ def holdout(study: spaces.Study, info: dict) -> Holdout:
     else:
         root = Path(h["root"]).expanduser().resolve()
         what = f"{root} ({h['split']})"
-    if not (root / h["split"]).is_dir():
-        raise study.error("registry.holdout", f"{root / h['split']}: no such folder")
+    if not (root / h["split"] if study.task.split_folders else root).is_dir():
+        missing = root / h["split"] if study.task.split_folders else root
+        raise study.error("registry.holdout", f"{missing}: no such folder")
     data = study.task.open_holdout(info, root, h["split"], Progress)
     size = f", {len(data)} items" if hasattr(data, "__len__") else ""
     first = f", first {h['max_seconds']:g} s" if h["max_seconds"] else ""

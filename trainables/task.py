@@ -64,6 +64,7 @@ class Task(ABC):
     score: str  # the holdout score promotion gates on: a key of ``score_holdout``'s results
     score_label: str  # its name in print, e.g. "BSSEval v4 SDR"
     score_metric: Metric  # its direction, and its unit: the unit of ``registry.min_gain``
+    split_folders: bool = True  # a dataset's splits are its subfolders (``train/``, ``valid/``), else the task's rule
 
     # ---- config ---------------------------------------------------------------------------
     @abstractmethod
