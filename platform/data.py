@@ -1,8 +1,12 @@
-"""``python -m platform.data render|check|cache``: make, check and pre-decode stem datasets.
+"""``python -m platform.data render|check|cache|acestep``: make, check and pre-decode datasets.
 
     python -m platform.data render --preset techhouse --songs 40 --seconds 30 --out data/techhouse --seed 0
     python -m platform.data check data/techhouse --sources kick,hihat,bass,other,vocals
     python -m platform.data cache data/techhouse --sources kick,hihat,bass,other,vocals --samplerate 22050
+    python -m platform.data acestep data/songs --out data/songs_hf [--repeat 1]
+
+``acestep`` converts the ACE-Step seed's layout (name.mp3, name_prompt.txt, optional
+name_lyrics.txt) into the Hugging Face dataset ACE-Step's trainer and the acestep family read.
 
 ``check SPACE.yaml [overrides]`` checks a study's data the way its search's preflight does, by
 its family's task, whatever the task (a separator's stems, a classifier's features, ...).
@@ -80,8 +84,18 @@ def main(argv: list[str]) -> int:
     k.add_argument("root", type=Path)
     k.add_argument("--sources", required=True)
     k.add_argument("--samplerate", type=int, default=44100)
+    a = sub.add_parser("acestep", help="convert name.mp3 + name_prompt.txt songs into ACE-Step's dataset")
+    a.add_argument("songs", type=Path, help="the folder of name.mp3, name_prompt.txt, name_lyrics.txt files")
+    a.add_argument("--out", type=Path, required=True, help="a new folder for the dataset")
+    a.add_argument("--repeat", type=int, default=1, help="write every song N times (the seed's --repeat_count)")
     args = parser.parse_args(argv)
 
+    if args.command == "acestep":
+        from trainables.acestep import convert
+
+        out = convert.convert(args.songs, args.out, args.repeat)
+        print(f"dataset: {out} ({len(convert.load(out))} songs, each {args.repeat} time(s))")
+        return 0
     if args.command == "render":
         out = render.render_corpus(args.out, args.preset, args.songs, args.seconds, args.seed, args.valid,
                                    progress=Progress(f"render {args.preset}"))

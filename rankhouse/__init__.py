@@ -13,8 +13,9 @@ COMMANDS = {
     "promote": "register a search's best adapter, gated on a holdout",
     "separate": "separate audio files with an adapter",
     "analyze": "the structure of audio files (sections, beats, energy) with a structure adapter",
+    "generate": "music from a prompt with an ACE-Step adapter",
     "export": "merge an adapter into its base (a rankhouse or an MSST checkpoint)",
-    "data": "render, check and pre-decode stem datasets; check a study's data",
+    "data": "render, check and pre-decode stem datasets; convert ACE-Step songs; check a study's data",
     "base": "train a family's embedded base model",
 }
 

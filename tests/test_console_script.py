@@ -22,7 +22,7 @@ def rankhouse(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_help_lists_every_command(tmp_path):
     proc = rankhouse("--help", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    for command in ("tune", "promote", "separate", "analyze", "export", "data", "base"):
+    for command in ("tune", "promote", "separate", "analyze", "generate", "export", "data", "base"):
         assert f"\n  {command} " in proc.stdout
     bare = rankhouse(cwd=tmp_path)
     assert bare.returncode == 2 and "usage: rankhouse COMMAND" in bare.stdout
@@ -41,7 +41,7 @@ def test_an_unknown_command_is_one_line(tmp_path):
     proc = rankhouse("tnue", "search_spaces/techhouse.yaml", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "rankhouse: error: 'tnue' is not a command; use one of tune, promote, separate, analyze, export, data, base"]
+        "rankhouse: error: 'tnue' is not a command; use one of tune, promote, separate, analyze, generate, export, data, base"]
 
 
 def test_bad_input_is_the_command_s_one_line(tmp_path):

@@ -5,17 +5,14 @@ F-measure, and ``platform.analyze`` on a 2-minute MP3 at another rate, in stereo
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from e2e import search_and_promote
+
 SPACE = """
 study: structure-e2e
 model: {family: structure, base: embedded}
@@ -47,20 +44,7 @@ METRICS = ["valid/loss", "valid/boundary_f05", "valid/boundary_f3", "valid/beat_
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> dict:
-    work = tmp_path_factory.mktemp("structure")
-    space = work / "structure.yaml"
-    space.write_text(SPACE.replace("OUT", str(work / "out")))
-    env = {**os.environ, "RANKHOUSE_HOME": str(work / "home")}
-
-    def run(module: str, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=1500)
-
-    tune = run("platform.tune", str(space), "--json", str(work / "summary.json"))
-    assert tune.returncode == 0, tune.stdout[-3000:] + tune.stderr[-3000:]
-    promote = run("platform.promote", str(space), "--json", str(work / "promote.json"))
-    return {"work": work, "run": run, "tune": tune, "promote": promote,
-            "summary": json.loads((work / "summary.json").read_text())}
+    return search_and_promote(tmp_path_factory.mktemp("structure"), "structure", SPACE)
 
 
 def test_trials_log_every_structure_metric_per_epoch_and_a_preview(study):

@@ -22,6 +22,7 @@ FAMILIES = {
     "bs_roformer": "trainables.bs_roformer:BSRoformerFamily",
     "scnet": "trainables.scnet:SCNetFamily",
     "structure": "trainables.structure.family:StructureFamily",
+    "acestep": "trainables.acestep.family:AceStepFamily",
 }
 
 
