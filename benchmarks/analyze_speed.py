@@ -24,11 +24,12 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks import child
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = ROOT / "runs/structure_techhouse/summary.json"
@@ -55,22 +56,11 @@ def one(backbone: str, track: Path, out: Path) -> None:
     print(json.dumps({"wall": wall, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-# runs a module as ``python -m`` does and prints the process' own peak RSS when it exits
-PEAK = ("import atexit, json, resource, runpy, sys; "
-        "atexit.register(lambda: print(json.dumps({'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss "
-        "/ 1024}))); sys.argv = sys.argv[1:]; runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)")
-
-
 def run(cmd: list[str]) -> tuple[float, float]:
     """(wall seconds, peak RSS MB) of a child process: the analysis' own timing when it reports
     one (``--one``), else the whole command's."""
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-    doc = json.loads(next(line for line in reversed(proc.stdout.splitlines()) if line.startswith("{")))
-    return doc.get("wall", wall), doc["rss_mb"]
+    got = child.run(cmd)
+    return got["wall"], got["rss_mb"]
 
 
 def main() -> None:
@@ -98,8 +88,8 @@ def main() -> None:
     track = work / "track.flac"
     sf.write(track, pcm, corpus.SAMPLERATE)
     duration = len(pcm) / corpus.SAMPLERATE
-    cli = [sys.executable, "-c", PEAK, "platform.analyze", str(track), "--model", summary["best"]["adapter"],
-           "--tracking-uri", summary["tracking_uri"], "-o", str(work / "cnn")]
+    cli = child.peak_command("platform.analyze", str(track), "--model", summary["best"]["adapter"],
+                             "--tracking-uri", summary["tracking_uri"], "-o", str(work / "cnn"))
     rows = {"cnn (embedded, platform.analyze: whole command)": cli,
             "mert (MERT-v1-95M shape, analysis)": [sys.executable, "-m", "benchmarks.analyze_speed", "--one",
                                                    "mert95m", "--track", str(track), "--out", str(work / "m95")],
