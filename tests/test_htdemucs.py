@@ -179,7 +179,7 @@ def test_unknown_pretrained_name_lists_known_names(no_download):
 
 
 def test_unknown_family():
-    with pytest.raises(RankhouseError, match="unknown family 'demucs9'; choose one of bs_roformer, htdemucs"):
+    with pytest.raises(RankhouseError, match="unknown family 'demucs9'; choose one of acestep, bs_roformer, htdemucs"):
         get_family("demucs9")
 
 
