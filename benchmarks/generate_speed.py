@@ -42,9 +42,8 @@ def one(steps: int, seconds: float) -> None:
     base = AceStepFamily().build_base({"base": "embedded"})
     model, latent = base.model.eval(), base.latent
     tokens = torch.from_numpy(tags.tokens(tags.parse(PROMPT)))[None]
-    frames = int(round(seconds * latent.fps))
     started = time.perf_counter()
-    z = flow.sample(model, tokens, frames, steps, 3.0, GUIDANCE, torch.Generator().manual_seed(0))
+    z = flow.sample(model, tokens, latent.frames(seconds), steps, flow.SHIFT, GUIDANCE, torch.Generator().manual_seed(0))
     sampled = time.perf_counter()
     latent.decode(z[0].numpy())
     done = time.perf_counter()

@@ -26,12 +26,12 @@ STEPS, GUIDANCE = 20, 3.0
 def load(ref: str, tracking_uri: str | None, base: str | None):
     """(model, latent, shift, description) for an adapter reference or a bare base."""
     from trainables.acestep.family import AceStepFamily
+    from trainables.acestep.flow import SHIFT
     from trainables.acestep.latent import MelLatent
 
     if ref == "embedded" or ref.endswith(".safetensors"):
-        family = AceStepFamily()
-        b = family.build_base({"base": ref})
-        return b.model, b.latent, 3.0, f"base {ref}"
+        b = AceStepFamily().build_base({"base": ref})
+        return b.model, b.latent, SHIFT, f"base {ref}"
     loaded, origin = models.load_for(ref, "text_to_music", "platform.generate", tracking_uri, base)
     m = loaded.manifest
     about = ", ".join(f"{k} {v}" for k, v in origin.items())

@@ -8,8 +8,6 @@ songs whatever order the rows were written in, and whatever ``--repeat`` was.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ import numpy as np
 from trainables.acestep import convert, flow, tags
 from trainables.acestep.latent import MelLatent
 from trainables.data import audio as audio_io
+from trainables.data import cache
 
 
 @dataclass
@@ -37,19 +36,9 @@ def split_keys(keys: list[str], valid: float) -> dict[str, list[str]]:
 
 
 def encode_cached(path: Path, latent: MelLatent, cache_dir: Path) -> np.ndarray:
-    """The file's latent, computed once into ``cache_dir`` (keyed by path, size, mtime and the
-    latent's settings) and memory-mapped after."""
-    stat = path.stat()
-    key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{sorted(latent.spec.items())}"
-                       .encode()).hexdigest()
-    out = Path(cache_dir) / "acestep" / f"{key[:20]}.npy"
-    if not out.is_file():
-        mono = audio_io.read(path, latent.samplerate, channels=None).mean(axis=0)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.npy")
-        np.save(tmp, latent.encode(mono))
-        os.replace(tmp, out)
-    return np.load(out, mmap_mode="r")
+    """The file's latent, computed once into ``cache_dir`` (``cache.per_file``) and memory-mapped after."""
+    encode = lambda p: latent.encode(audio_io.read(p, latent.samplerate, channels=None).mean(axis=0))
+    return cache.per_file(path, str(sorted(latent.spec.items())), Path(cache_dir) / "acestep", encode)
 
 
 def open_split(root: Path, split: str, valid: float, latent: MelLatent, cache_dir: Path,
@@ -64,11 +53,6 @@ def open_split(root: Path, split: str, valid: float, latent: MelLatent, cache_di
         if progress:
             progress(i + 1, len(keys))
     return songs
-
-
-def silence(latent: MelLatent) -> float:
-    """The latent value of silence: what pads a clip shorter than a crop."""
-    return float((np.log(latent.floor) - latent.offset) / latent.scale)
 
 
 def window(song: Song, start: int, frames: int, pad: float) -> np.ndarray:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 STEPS_TRAIN = 1000  # the trainer's timestep grid
+SHIFT = 3.0  # the trainer's --shift default: what train.shift defaults to, and a bare base generates with
 QUANTILES = 8
 
 

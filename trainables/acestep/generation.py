@@ -21,8 +21,7 @@ def generate(model: nn.Module, tags: list[str], seconds: float, latent: MelLaten
     """(audio, latent): mono float32 audio at ``latent.samplerate`` and its (frames, n_mels) latent."""
     model.eval()
     tokens = torch.from_numpy(tag_text.tokens(tags))[None].to(device)
-    frames = max(2, int(round(seconds * latent.fps)))
-    z = flow.sample(model, tokens, frames, steps, shift, guidance, torch.Generator().manual_seed(int(seed)))
+    z = flow.sample(model, tokens, latent.frames(seconds), steps, shift, guidance, torch.Generator().manual_seed(int(seed)))
     z = z[0].float().cpu().numpy()
     audio = latent.decode(z, seed=int(seed))[: int(round(seconds * latent.samplerate))]
     return audio, z

@@ -35,6 +35,15 @@ class MelLatent:
     def spec(self) -> dict:
         return asdict(self)
 
+    @property
+    def silence(self) -> float:
+        """The latent value of silence (the floor): what pads a clip shorter than a crop."""
+        return float((np.log(self.floor) - self.offset) / self.scale)
+
+    def frames(self, seconds: float) -> int:
+        """Latent frames in ``seconds`` (at least 2: one patch of the transformer)."""
+        return max(2, int(round(seconds * self.fps)))
+
     def encode(self, audio: np.ndarray) -> np.ndarray:
         """Mono float audio at ``samplerate`` -> (frames, n_mels) float32 latent."""
         import librosa

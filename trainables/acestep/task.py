@@ -47,10 +47,6 @@ class ZeroVelocity(nn.Module):
         return torch.zeros_like(noisy)
 
 
-def crop_frames(seconds: float, latent: MelLatent) -> int:
-    return max(2, int(round(seconds * latent.fps)))
-
-
 def scores(model: nn.Module, clips: list, shift: float, device: torch.device) -> dict[str, float]:
     real = flow.fixed_loss(model, clips, shift, device)
     empty = flow.fixed_loss(model, clips, shift, device, empty_tags=True)
@@ -79,7 +75,7 @@ class TextToMusic(Task):
                                 "learn the tags)", rule=lambda v: v in ("real", "shuffled"), expect="real or shuffled"),
         },
         "train": {
-            "shift": Key(3.0, "the scheduler's shift of the noise levels (the trainer's --shift)", type=float,
+            "shift": Key(flow.SHIFT, "the scheduler's shift of the noise levels (the trainer's --shift)", type=float,
                          rule=lambda v: v > 0, expect="> 0"),
             "cond_dropout": Key(0.15, "share of training prompts emptied (classifier-free guidance; the trainer's "
                                       "15%)", type=float, rule=lambda v: 0 <= v < 1, expect="0 <= share < 1"),
@@ -133,8 +129,8 @@ class TextToMusic(Task):
                                   progress(f"decode {split}"))
 
     def batches(self, data: list[dataset.Song], cfg: dict, base, seed: int) -> dataset.Crops:
-        return dataset.Crops(data, crop_frames(float(cfg["data"]["seconds"]), base.latent),
-                             dataset.silence(base.latent), float(cfg["train"]["shift"]),
+        return dataset.Crops(data, base.latent.frames(float(cfg["data"]["seconds"])),
+                             base.latent.silence, float(cfg["train"]["shift"]),
                              float(cfg["train"]["cond_dropout"]), seed, cfg["data"]["tags"] == "shuffled")
 
     def loss(self, model: nn.Module, batch: tuple, cfg: dict) -> torch.Tensor:
@@ -147,7 +143,7 @@ class TextToMusic(Task):
         if max_seconds:
             keep = max(1, int(round(max_seconds * latent.fps)))
             data = [dataclasses.replace(s, latent=s.latent[:keep]) for s in data]
-        return dataset.valid_clips(data, crop_frames(seconds, latent), dataset.silence(latent))
+        return dataset.valid_clips(data, latent.frames(seconds), latent.silence)
 
     def evaluate(self, model: nn.Module, data: list[dataset.Song], cfg: dict, base, device: torch.device) -> dict:
         model.eval()

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +29,21 @@ CHANNELS = 2
 
 def default_cache_dir(root: Path) -> Path:
     return Path(os.environ.get("RANKHOUSE_CACHE", Path(root) / ".rankhouse-cache"))
+
+
+def per_file(source: Path, settings: str, folder: Path, compute: Callable[[Path], np.ndarray]) -> np.ndarray:
+    """``compute(source)`` saved once as ``.npy`` in ``folder`` (keyed by the file's path, size
+    and mtime and ``settings``; written to a temporary name and renamed) and memory-mapped after:
+    one file's decoded audio or features, shared by every trial on a node."""
+    stat = source.stat()
+    key = hashlib.sha1(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{settings}".encode()).hexdigest()
+    path = Path(folder) / f"{key[:20]}.npy"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.npy")
+        np.save(tmp, compute(source))
+        os.replace(tmp, path)
+    return np.load(path, mmap_mode="r")
 
 
 def _files(root: Path, split: str, stems: list[str]) -> list[tuple[str, dict[str, Path]]]:

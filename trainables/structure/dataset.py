@@ -13,14 +13,13 @@ a model emits ``n_samples // hop`` frames. Targets per frame:
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from trainables.data import audio as audio_io
+from trainables.data import cache
 from trainables.data.compose import LABELS
 from trainables.structure.annotations import Annotation, load, with_audio
 
@@ -42,18 +41,13 @@ class Track:
 
 def decode(ann: Annotation, samplerate: int, cache_dir: Path) -> np.ndarray:
     """The track's audio, mono int16 at ``samplerate``, decoded once into ``cache_dir``
-    (keyed by the file's path, size and mtime and the rate) and memory-mapped after."""
-    stat = ann.audio.stat()
-    key = hashlib.sha1(f"{ann.audio.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{samplerate}".encode()).hexdigest()
-    path = Path(cache_dir) / "structure" / f"{key[:20]}.npy"
-    if not path.is_file():
-        audio = audio_io.read(ann.audio, samplerate, channels=None).mean(axis=0)
-        pcm = np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.npy")
-        np.save(tmp, pcm)
-        os.replace(tmp, path)
-    return np.load(path, mmap_mode="r")
+    (``cache.per_file``) and memory-mapped after."""
+
+    def pcm(path: Path) -> np.ndarray:
+        audio = audio_io.read(path, samplerate, channels=None).mean(axis=0)
+        return np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16)
+
+    return cache.per_file(ann.audio, str(samplerate), Path(cache_dir) / "structure", pcm)
 
 
 def events(times: np.ndarray, frames: int, fps: float) -> np.ndarray:
