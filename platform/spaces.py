@@ -80,6 +80,7 @@ def _compose(file: Path, overrides: list[str]) -> dict:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
 
     if not file.is_file():
         raise RankhouseError(f"{file}: no such search-space file")
@@ -98,9 +99,12 @@ def _compose(file: Path, overrides: list[str]) -> dict:
                     text = "+" + text
                 adjusted.append(text)
             cfg = compose(config_name=file.stem, overrides=adjusted)
-        data = OmegaConf.to_container(cfg, resolve=True)
+        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except RankhouseError:
         raise
+    except MissingMandatoryValue as exc:  # "???" in the file: a value only the user can give
+        raise RankhouseError(f"{file}: {exc.full_key}: required; give it on the command line, "
+                             f"e.g. {exc.full_key}=VALUE") from None
     except Exception as exc:  # Hydra/OmegaConf/YAML: one line, naming the file
         msg = " ".join(str(exc).split())
         raise RankhouseError(f"{file}: {msg}") from None

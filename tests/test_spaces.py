@@ -185,6 +185,14 @@ def test_yaml_syntax_error_is_one_line(tmp_path):
     assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
 
 
+def test_a_value_the_file_leaves_to_the_user_is_required_then_taken(tmp_path):
+    path = write(tmp_path, "mine", "study: s\nmodel: {sources: [kick, bass]}\ndata:\n  root: ???\n")
+    with pytest.raises(RankhouseError) as err:
+        spaces.load(path)
+    assert str(err.value) == f"{path}: data.root: required; give it on the command line, e.g. data.root=VALUE"
+    assert spaces.load(path, [f"data.root={tmp_path}"]).config["data"]["root"] == str(tmp_path)
+
+
 def test_defaults_composition(tmp_path):
     shutil.copy(TECHHOUSE, tmp_path / "techhouse.yaml")
     shutil.copytree(TECHHOUSE.parent / "shared", tmp_path / "shared")
