@@ -41,7 +41,7 @@ def one(steps: int, seconds: float) -> None:
 
     base = AceStepFamily().build_base({"base": "embedded"})
     model, latent = base.model.eval(), base.latent
-    tokens = torch.from_numpy(tags.tokens(tags.parse(PROMPT)))[None]
+    tokens = torch.from_numpy(model.prompt(tags.parse(PROMPT), seconds))[None]
     started = time.perf_counter()
     z = flow.sample(model, tokens, latent.frames(seconds), steps, flow.SHIFT, GUIDANCE, torch.Generator().manual_seed(0))
     sampled = time.perf_counter()

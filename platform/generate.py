@@ -2,8 +2,8 @@
 music from a prompt with an ACE-Step family model.
 
 REF is ``models:/NAME@champion`` (or ``models:/NAME/VERSION``), ``runs:/RUN_ID/adapter``, an
-adapter folder of an acestep study, or a base without an adapter: ``embedded`` or a rankhouse
-``.safetensors`` of the family. The prompt is comma-separated tags, as in a
+adapter folder of an acestep study, or a base without an adapter: ``embedded``, a rankhouse
+``.safetensors`` of the family or an ACE-Step folder (diffusers' layout). The prompt is comma-separated tags, as in a
 ``name_prompt.txt``. The same model, prompt, length, steps, guidance and seed give the same
 bytes. ``--image PNG`` also draws the generated mel latent.
 """
@@ -25,17 +25,17 @@ STEPS, GUIDANCE = 20, 3.0
 
 def load(ref: str, tracking_uri: str | None, base: str | None):
     """(model, latent, shift, description) for an adapter reference or a bare base."""
+    from trainables.acestep import pipeline
     from trainables.acestep.family import AceStepFamily
     from trainables.acestep.flow import SHIFT
-    from trainables.acestep.latent import MelLatent
 
-    if ref == "embedded" or ref.endswith(".safetensors"):
+    if ref == "embedded" or ref.endswith(".safetensors") or pipeline.is_folder(Path(ref)):
         b = AceStepFamily().build_base({"base": ref})
         return b.model, b.latent, SHIFT, f"base {ref}"
     loaded, origin = models.load_for(ref, "text_to_music", "platform.generate", tracking_uri, base)
     m = loaded.manifest
     about = ", ".join(f"{k} {v}" for k, v in origin.items())
-    return loaded.model, MelLatent(**m["latent"]), float(m["shift"]), f"{ref} ({about}); base {m['base']['name']}"
+    return loaded.model, loaded.base.latent, float(m["shift"]), f"{ref} ({about}); base {m['base']['name']}"
 
 
 def main(argv: list[str]) -> int:

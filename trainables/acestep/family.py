@@ -2,8 +2,9 @@
 text-to-music task.
 
 Bases: ``embedded`` (``trainables/assets/acestep_embedded.safetensors``, trained by
-``python -m platform.base --family acestep``), ``scratch`` (``model.kwargs``), or a rankhouse
-``.safetensors`` of this family (``platform.export --merged`` writes one).
+``python -m platform.base --family acestep``), ``scratch`` (``model.kwargs``), a rankhouse
+``.safetensors`` of this family (``platform.export --merged`` writes one), or a user's ACE-Step
+folder in diffusers' layout (``pipeline.py``: its DiT, VAE and text side; read from disk only).
 
 LoRA targets by default: the seed trainer's, ``to_q``, ``to_k``, ``to_v`` and ``to_out.0`` of
 every attention (self and cross) of the transformer. The MLPs, the timestep embeddings and the
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from torch import nn
 
+from trainables.acestep import pipeline
 from trainables.acestep.latent import MelLatent
 from trainables.acestep.model import TextToMusic as TextToMusicModel
 from trainables.acestep.task import TextToMusic
@@ -32,7 +34,7 @@ LAYERS = "transformer.layers.*"
 
 @dataclass(kw_only=True)
 class AceStepBase(Base):
-    latent: MelLatent
+    latent: MelLatent | pipeline.VaeLatent
 
 
 def save_checkpoint(model: TextToMusicModel, path: Path, latent: MelLatent) -> str:
@@ -54,12 +56,27 @@ class AceStepFamily(Family):
                                            "options) and text (the tag encoder's dim, layers, heads)", type=dict)}}
     default_targets = [f"{LAYERS}.to_q", f"{LAYERS}.to_k", f"{LAYERS}.to_v", f"{LAYERS}.to_out.0"]
 
+    def resolve_base(self, name: str):
+        """A folder with ``model_index.json`` is an ACE-Step folder; the rest as every family's."""
+        path = Path(str(name)).expanduser()
+        if "/" in str(name) and not path.exists():
+            raise RankhouseError(f"model.base: {path}: no such file or folder")
+        if str(name) not in ("embedded", "scratch") and path.is_dir():
+            if not pipeline.is_folder(path):
+                raise RankhouseError(f"model.base: {path}: a folder without {pipeline.INDEX}; give an ACE-Step folder "
+                                     "in diffusers' layout (AceStepPipeline.save_pretrained writes one)")
+            return path
+        return super().resolve_base(name)
+
     def build_base(self, cfg: dict) -> AceStepBase:
         name = str(cfg.get("base", "embedded"))
-        if name not in ("embedded", "scratch") and Path(name).expanduser().is_dir():
-            raise RankhouseError(f"model.base: {name}: ACE-Step checkpoint folders are not read yet; give embedded, "
-                                 "scratch or a rankhouse .safetensors of the acestep family")
         ref = self.resolve_base(name)
+        if isinstance(ref, Path) and ref.is_dir():
+            pipe, folder = pipeline.load(ref.resolve()), ref.resolve()
+            identity = pipeline.identity(folder)
+            return AceStepBase(model=pipeline.PipelineTextToMusic(pipe, folder).eval(), identity=identity,
+                               latent=pipeline.VaeLatent(pipe, pipeline.digest(folder / "vae", whole=True)),
+                               config={"folder": str(folder)})
         if ref == "scratch":
             latent = MelLatent()
             model = TextToMusicModel(channels=latent.n_mels, **dict(cfg.get("kwargs") or {}))
@@ -78,4 +95,7 @@ class AceStepFamily(Family):
                 "text": ["text_encoder.encoder.*"]}
 
     def save_model(self, model: nn.Module, path, base: AceStepBase) -> str:
+        if isinstance(model, pipeline.PipelineTextToMusic):
+            raise RankhouseError(f"{path}: a model on an ACE-Step folder is not written whole; keep its adapter, "
+                                 "which loads onto the folder")
         return save_checkpoint(model, Path(path), base.latent)

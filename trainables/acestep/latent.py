@@ -27,6 +27,12 @@ class MelLatent:
     scale: float = 3.0
     floor: float = 1e-5
 
+    image_limit = 2.2  # drawn from -2.2 to 2.2: rendered music's range
+
+    @property
+    def channels(self) -> int:
+        return self.n_mels
+
     @property
     def fps(self) -> float:
         return self.samplerate / self.hop
@@ -45,10 +51,12 @@ class MelLatent:
         return max(2, int(round(seconds * self.fps)))
 
     def encode(self, audio: np.ndarray) -> np.ndarray:
-        """Mono float audio at ``samplerate`` -> (frames, n_mels) float32 latent."""
+        """Float audio at ``samplerate``, (samples,) or (channels, samples) mixed to mono ->
+        (frames, n_mels) float32 latent."""
         import librosa
 
-        mel = librosa.feature.melspectrogram(y=np.asarray(audio, dtype=np.float32), sr=self.samplerate,
+        audio = np.asarray(audio, dtype=np.float32)
+        mel = librosa.feature.melspectrogram(y=audio.mean(axis=0) if audio.ndim == 2 else audio, sr=self.samplerate,
                                              n_fft=self.n_fft, hop_length=self.hop, n_mels=self.n_mels,
                                              fmin=self.fmin, fmax=self.samplerate / 2, power=2.0)
         return ((np.log(np.maximum(mel, self.floor)) - self.offset) / self.scale).T.astype(np.float32)

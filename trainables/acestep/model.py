@@ -15,6 +15,7 @@ with no tags is just the first token: the unconditional model of classifier-free
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,6 +61,10 @@ class TextToMusic(nn.Module):
         self.transformer = AceStepTransformer1DModel(in_channels=channels, audio_acoustic_hidden_dim=channels,
                                                      encoder_hidden_size=self.kwargs["text"]["dim"], **t)
         self.channels = channels
+
+    def prompt(self, tags: list[str], seconds: float | None = None) -> np.ndarray:
+        """The tags as this model reads them: (MAX_TAGS, MAX_WORDS) word tokens (``tags.tokens``)."""
+        return tag_text.tokens(tags)
 
     def condition(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.text_encoder(tokens)

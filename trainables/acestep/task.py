@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainables.acestep import dataset, flow
+from trainables.acestep import dataset, flow, tags
 from trainables.acestep.latent import MelLatent
 from trainables.data.cache import default_cache_dir
 from trainables.errors import RankhouseError
@@ -45,6 +45,21 @@ class ZeroVelocity(nn.Module):
 
     def forward(self, noisy, sigma, tokens, condition=None):
         return torch.zeros_like(noisy)
+
+
+def latent_and_prompt(info: dict) -> tuple:
+    """The latent and the prompt function an adapter was trained with, read from its manifest (for
+    its holdout): the fixed mel latent and word tokens, or its ACE-Step folder's VAE and condition."""
+    if "vae" not in info["latent"]:
+        return MelLatent(**info["latent"]), tags.tokens
+    from trainables.acestep import pipeline
+
+    folder = Path(info["base_folder"])
+    if not pipeline.is_folder(folder):
+        raise RankhouseError(f"{folder}: the ACE-Step folder this adapter was trained on is not there")
+    pipe = pipeline.load(folder)
+    model = pipeline.PipelineTextToMusic(pipe, folder)
+    return pipeline.VaeLatent(pipe, info["latent"]["vae"]), lambda t: model.prompt(t, float(info["seconds"]))
 
 
 def scores(model: nn.Module, clips: list, shift: float, device: torch.device) -> dict[str, float]:
@@ -125,7 +140,8 @@ class TextToMusic(Task):
     def open(self, cfg: dict, base, split: str, progress: ProgressFactory = no_progress) -> list[dataset.Song]:
         d = cfg["data"]
         cache_dir = Path(d["cache_dir"]) if d.get("cache_dir") else default_cache_dir(Path(d["root"]))
-        return dataset.open_split(Path(d["root"]), split, float(d["valid"]), base.latent, cache_dir,
+        prompt = lambda t: base.model.prompt(t, float(d["seconds"]))
+        return dataset.open_split(Path(d["root"]), split, float(d["valid"]), base.latent, prompt, cache_dir,
                                   progress(f"decode {split}"))
 
     def batches(self, data: list[dataset.Song], cfg: dict, base, seed: int) -> dataset.Crops:
@@ -134,11 +150,11 @@ class TextToMusic(Task):
                              float(cfg["train"]["cond_dropout"]), seed, cfg["data"]["tags"] == "shuffled")
 
     def loss(self, model: nn.Module, batch: tuple, cfg: dict) -> torch.Tensor:
-        clean, tokens, sigma, noise = batch
-        return flow.loss(model, clean.float(), tokens.long(), sigma.float(), noise.float()).mean()
+        clean, prompts, sigma, noise = batch
+        return flow.loss(model, clean.float(), prompts, sigma.float(), noise.float()).mean()
 
     @staticmethod
-    def _clips(data: list[dataset.Song], seconds: float, latent: MelLatent, max_seconds: float | None) -> list:
+    def _clips(data: list[dataset.Song], seconds: float, latent, max_seconds: float | None) -> list:
         """The fixed clips of ``data``'s songs (of their first ``max_seconds``, if given)."""
         if max_seconds:
             keep = max(1, int(round(max_seconds * latent.fps)))
@@ -153,7 +169,7 @@ class TextToMusic(Task):
 
     def baselines(self, cfg: dict, base, valid: list[dataset.Song],
                   progress: ProgressFactory = no_progress) -> dict[str, dict]:
-        zero = ZeroVelocity(base.latent.n_mels)
+        zero = ZeroVelocity(base.latent.channels)
         return {"zero": self.evaluate(zero, valid, cfg, base, torch.device("cpu"))}
 
     def preview(self, model: nn.Module, data: list[dataset.Song], cfg: dict, base, metrics: dict, folder: Path,
@@ -172,7 +188,8 @@ class TextToMusic(Task):
     def manifest(self, cfg: dict, base) -> dict:
         return {"latent": base.latent.spec, "shift": float(cfg["train"]["shift"]),
                 "seconds": float(cfg["data"]["seconds"]), "data_root": str(Path(cfg["data"]["root"]).resolve()),
-                "valid": float(cfg["data"]["valid"])}
+                "valid": float(cfg["data"]["valid"]),
+                "base_folder": base.config.get("folder")}
 
     def outputs(self, info: dict) -> dict:
         return info["latent"]
@@ -182,12 +199,13 @@ class TextToMusic(Task):
         """Every song of a holdout dataset; of the study's own dataset, its ``split`` by the rule
         the search split it by."""
         own = Path(root).resolve() == Path(info["data_root"])
-        return dataset.open_split(root, split if own else "valid", float(info["valid"]) if own else 1.0,
-                                  MelLatent(**info["latent"]), default_cache_dir(root), progress("decode holdout"))
+        latent, prompt = latent_and_prompt(info)
+        return dataset.open_split(root, split if own else "valid", float(info["valid"]) if own else 1.0, latent,
+                                  prompt, default_cache_dir(root), progress("decode holdout"))
 
     def score_holdout(self, models: dict[str, nn.Module], data: list[dataset.Song], info: dict,
                       max_seconds: float | None, workers: int | None,
                       progress: ProgressFactory = no_progress) -> dict[str, dict[str, float]]:
-        latent = MelLatent(**info["latent"])
+        latent = latent_and_prompt(info)[0]
         clips = self._clips(data, float(info["seconds"]), latent, max_seconds)
         return {label: scores(model, clips, float(info["shift"]), torch.device("cpu")) for label, model in models.items()}
