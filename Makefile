@@ -16,7 +16,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/test_packages.sh
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
