@@ -89,3 +89,16 @@ def test_generate_from_the_best_adapter_gives_the_same_bytes_for_the_same_seed(s
     a, b, c = generate("a.wav", 0), generate("b.wav", 0), generate("c.wav", 1)
     assert a.read_bytes() == b.read_bytes() != c.read_bytes()
     assert sf.info(str(a)).duration == pytest.approx(3.0, abs=0.05)
+
+
+def test_export_merges_the_best_adapter_into_a_base_that_generates(study):
+    work, best = study["work"], study["summary"]["best"]["adapter"]
+    out = work / "merged.safetensors"
+    proc = study["run"]("platform.export", "--model", best, "--tracking-uri", study["summary"]["tracking_uri"],
+                        "--merged", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "max |merged - adapter|" in proc.stdout and "test input" in proc.stdout
+    proc = study["run"]("platform.generate", "--model", str(out), "--prompt", "tech house, kick", "--seconds", "2",
+                        "--steps", "2", "-o", str(work / "merged.wav"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sf.info(str(work / "merged.wav")).duration == pytest.approx(2.0, abs=0.05)

@@ -157,9 +157,9 @@ class Task(ABC):
         replaced by a candidate with the same outputs."""
         return None
 
-    def example_input(self, info: dict) -> torch.Tensor:
-        """A fixed input batch for the bundle ``info`` describes: export compares the merged model's
-        output on it with the adapter model's."""
+    def example_input(self, info: dict) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """A fixed input batch for the bundle ``info`` describes (a tuple for a model of several
+        inputs): export compares the merged model's output on it with the adapter model's."""
         raise RankhouseError(f"the {self.name} task gives no example input; export cannot check a merge")
 
     def describe(self, scores: dict[str, float]) -> str:

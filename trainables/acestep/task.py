@@ -191,6 +191,13 @@ class TextToMusic(Task):
                 "valid": float(cfg["data"]["valid"]),
                 "base_folder": base.config.get("folder")}
 
+    def example_input(self, info: dict, seconds: float = 2.0) -> tuple[torch.Tensor, ...]:
+        """A noisy clip of ``seconds`` at three noise levels, with one prompt."""
+        latent, prompt = latent_and_prompt(info)
+        noisy = torch.randn((3, latent.frames(seconds), latent.channels), generator=torch.Generator().manual_seed(0))
+        given = torch.from_numpy(prompt(["tech house", "126 bpm", "kick", "hihat"]))
+        return noisy, torch.tensor([0.2, 0.5, 0.9]), given[None].expand(3, *given.shape)
+
     def outputs(self, info: dict) -> dict:
         return info["latent"]
 
