@@ -36,11 +36,12 @@ def test_a_killed_driver_resumes_the_study(tiny_search, tmp_path):
     log = tmp_path / "first.log"
 
     def kill_between_trials(parent_id, runs):
-        """One trial finished; the second one's epoch-1 checkpoint has been taken in by the
-        driver (its result.json) and saved with Tune's experiment state since: kill the driver."""
+        """A trial finished; the running one's epoch-1 checkpoint has been taken in by the driver
+        (its result.json) and saved with Tune's experiment state since: kill the driver. The
+        second and the third trial each give that window (one alone was missed on a busy machine)."""
         done = [r for r in runs if r.info.status == "FINISHED"]
         running = [r for r in runs if r.info.status == "RUNNING" and tags.TRIAL_ID in r.data.tags]
-        if not done or len(runs) != 2 or not running:
+        if not done or len(running) != 1:
             return None
         results = list(out.glob(f"ray/*/trial_{running[0].data.tags[tags.TRIAL_ID]}/result.json"))
         states = list(out.glob("ray/*/experiment_state-*.json"))
