@@ -3,9 +3,9 @@ music from a prompt with an ACE-Step family model.
 
 REF is ``models:/NAME@champion`` (or ``models:/NAME/VERSION``), ``runs:/RUN_ID/adapter``, an
 adapter folder of an acestep study, or a base without an adapter: ``embedded``, a rankhouse
-``.safetensors`` of the family or an ACE-Step folder (diffusers' layout). The prompt is comma-separated tags, as in a
-``name_prompt.txt``. The same model, prompt, length, steps, guidance and seed give the same
-bytes. ``--image PNG`` also draws the generated mel latent.
+``.safetensors`` of the family or an ACE-Step folder (diffusers' layout). The prompt is
+comma-separated tags, as in a ``name_prompt.txt``. The same model, prompt, length, steps,
+guidance and seed give the same bytes. ``--image PNG`` also draws the generated latent.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--guidance", type=float, default=GUIDANCE,
                    help=f"classifier-free guidance scale; 1: none (default {GUIDANCE:g})")
     p.add_argument("-o", "--out", type=Path, required=True, help="the WAV file to write")
-    p.add_argument("--image", type=Path, help="also draw the generated mel latent into this PNG")
+    p.add_argument("--image", type=Path, help="also draw the generated latent into this PNG")
     p.add_argument("--base", help="the base weights, if not where the adapter's manifest says")
     p.add_argument("--tracking-uri", help="the MLflow store of models:/ and runs:/ references")
     args = p.parse_args(argv)

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from trainables.acestep import flow
-from trainables.acestep.latent import MelLatent
 
 
 @torch.no_grad()
@@ -40,7 +39,7 @@ def mel_png(path: Path, z: np.ndarray, latent, title: str) -> None:
     ax.imshow(z.T, origin="lower", aspect="auto", cmap="magma", vmin=-limit, vmax=limit,
               extent=(0, len(z) / latent.fps, 0, latent.channels))
     ax.set_xlabel("seconds")
-    ax.set_ylabel("mel band" if isinstance(latent, MelLatent) else "latent channel")
+    ax.set_ylabel(latent.axis)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)

@@ -28,6 +28,7 @@ class MelLatent:
     floor: float = 1e-5
 
     image_limit = 2.2  # drawn from -2.2 to 2.2: rendered music's range
+    axis = "mel band"
 
     @property
     def channels(self) -> int:

@@ -2,8 +2,8 @@
 read from local disk only. Its DiT is what LoRA adapts; its VAE is the latent; its text encoder
 and condition encoder turn a prompt into the DiT's condition, frozen.
 
-What the pipeline does for text-to-music, done here the same way so a trained adapter works with
-``AceStepPipeline`` too:
+What the pipeline does for text-to-music, done here the same way (a test samples with both and
+gets the same latent):
 - the prompt goes through the pipeline's own template and ``encode_prompt`` (no lyrics), then
   the condition encoder with the learned silence latent as the timbre reference;
 - the DiT's context is the silence latent beside a chunk mask of ones (generate everything);
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainables.checkpoint import sha256
 from trainables.errors import RankhouseError
 
 INDEX = "model_index.json"
@@ -41,17 +42,12 @@ def is_folder(path: Path) -> bool:
 
 
 def digest(folder: Path, whole: bool) -> str:
-    """SHA-256 over the files under ``folder``: their names and contents, or (``whole`` false) the
-    contents of the JSON files and only the sizes of the rest."""
+    """SHA-256 over the files under ``folder``: their names and contents' sha256, or (``whole``
+    false) the contents of the JSON files and only the sizes of the rest."""
     h = hashlib.sha256()
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
         h.update(path.relative_to(folder).as_posix().encode())
-        if whole or path.suffix == ".json":
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-        else:
-            h.update(str(path.stat().st_size).encode())
+        h.update((sha256(path) if whole or path.suffix == ".json" else str(path.stat().st_size)).encode())
     return h.hexdigest()
 
 
@@ -90,6 +86,7 @@ class VaeLatent:
     """The folder's VAE as the latent: stereo audio at its rate <-> (frames, channels)."""
 
     image_limit = None  # drawn on the clip's own range
+    axis = "latent channel"
 
     def __init__(self, pipe, vae_sha256: str):
         self.vae = pipe.vae.eval()
