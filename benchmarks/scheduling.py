@@ -40,26 +40,29 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def synthetic_epoch(cfg: dict, epoch: int, folder: Path, epoch_ms: float) -> dict:
     """One 'epoch': a smooth objective of the sampled values (best near rank 16, lr 1e-3) that
-    improves with epochs, and a checkpoint folder shaped like a trial's (a small adapter)."""
+    improves with epochs, and a checkpoint folder shaped like a trial's (a small adapter). No
+    torch: a trial process that runs this never imports it (benchmarks/scale.py keeps 64 of them)."""
     import json
 
-    import torch
-    from safetensors.torch import save_file
+    import numpy as np
+    from safetensors.numpy import save_file
 
     time.sleep(epoch_ms / 1000)
     rank, lr = cfg["lora"]["rank"], cfg["optim"]["lr"]
     score = 5.0 - (math.log2(rank) - 4) ** 2 * 0.3 - (math.log10(lr) + 3) ** 2 - 2.0 / epoch
     (folder / "adapter").mkdir()
-    save_file({"lora_A": torch.zeros(rank, 64), "lora_B": torch.zeros(64, rank)},
+    save_file({"lora_A": np.zeros((rank, 64), np.float32), "lora_B": np.zeros((64, rank), np.float32)},
               str(folder / "adapter" / "adapter_model.safetensors"))
     (folder / "state.json").write_text(json.dumps({"epoch": epoch}))
     return {"valid/sdr": score, "valid/loss": 1.0 / (1.0 + score * score), "train/loss": 0.1, "epoch": epoch,
             "pid": os.getpid()}
 
 
-def synthetic_train(cfg: dict, report, resume_from=None, device=None, prepare_model=None, log=print,
+def synthetic_train(cfg: dict, report, resume_from=None, device=None, prepare_model=None, log=None,
                     on_setup=None, rank: int = 0) -> dict:
-    """``trainables.loop.train``'s signature over ``synthetic_epoch``: the platform arm's trials."""
+    """``trainables.loop.train``'s signature over ``synthetic_epoch``: the platform arm's trials.
+    ``log`` is not ``print``: shipped by value, the function carries its defaults, and after a
+    first search in the process Ray has replaced ``builtins.print``, which then cannot be pickled."""
     metrics = {}
     for epoch in range(1, int(cfg["train"]["epochs"]) + 1):
         with tempfile.TemporaryDirectory() as tmp:

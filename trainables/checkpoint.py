@@ -12,13 +12,15 @@ import json
 import os
 from pathlib import Path
 
-from typing import Callable
-
-import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Callable
 
 from trainables.errors import RankhouseError
+
+# torch and safetensors are imported where tensors are read or written: a trial process imports
+# this module for its names, and a search's bookkeeping around a training function that is not
+# the loop (benchmarks/scale.py runs 64 such trial processes side by side) needs no torch
+if TYPE_CHECKING:
+    import torch
 
 STATE = "state.json"
 OPTIMIZER = "optimizer.safetensors"
@@ -50,6 +52,8 @@ def sha256(path: Path) -> str:
 def write_model(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -> str:
     """A whole model as one safetensors file (a family's base checkpoint), written atomically,
     with what rebuilds it in ``metadata``; returns the file's sha256."""
+    from safetensors.torch import save_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -65,6 +69,9 @@ def read_model(path: Path, family: str, title: str,
     ``build(metadata, state)`` makes the model (and may refuse the file with its own
     RankhouseError). Any other failure (a corrupt file, missing metadata, weights of another
     architecture) is one line naming the file and the command that writes such a checkpoint."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
@@ -84,6 +91,7 @@ def read_model(path: Path, family: str, title: str,
 
 def save_weights(model: torch.nn.Module, folder: Path) -> None:
     from peft import PeftModel
+    from safetensors.torch import save_file
 
     from trainables import lora
 
@@ -96,6 +104,7 @@ def save_weights(model: torch.nn.Module, folder: Path) -> None:
 
 def load_weights(model: torch.nn.Module, folder: Path) -> None:
     from peft import PeftModel
+    from safetensors.torch import load_file
 
     from trainables import lora
 
@@ -106,6 +115,8 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
 
 
 def _optimizer_split(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    import torch
+
     tensors, plain = {}, {"param_groups": state_dict["param_groups"], "state": {}}
     for idx, entry in state_dict["state"].items():
         plain["state"][str(idx)] = {}
@@ -129,6 +140,9 @@ def save(folder: Path, optimizer, scheduler, epoch: int, step: int, sampler_stat
          metrics: dict, ranks: dict[str, int] | None = None) -> None:
     """``ranks``: the adapter's per-module ranks, which a resumed ``gradient`` trial (ranks
     reallocated during its first epoch) rebuilds before loading the weights."""
+    import torch
+    from safetensors.torch import save_file
+
     folder.mkdir(parents=True, exist_ok=True)
     tensors, plain = _optimizer_split(optimizer.state_dict())
     save_file(tensors, str(folder / OPTIMIZER))
@@ -141,6 +155,8 @@ def save(folder: Path, optimizer, scheduler, epoch: int, step: int, sampler_stat
 
 def load(folder: Path) -> tuple[dict, dict]:
     """(optimizer state_dict, state) of a checkpoint folder."""
+    from safetensors.torch import load_file
+
     state = json.loads((folder / STATE).read_text())
     optimizer = _optimizer_join(load_file(str(folder / OPTIMIZER)), state.pop("optimizer"))
     return optimizer, state

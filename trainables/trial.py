@@ -23,14 +23,15 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-import torch
-
 from trainables import checkpoint, objective, schema, tags, tracking
 from trainables.errors import TrialFailed
 
-# ``trainables.loop`` (PEFT, which imports transformers: ~5 s) is imported where a trial trains,
-# not here: this module is the trial process's entry point and a search's bookkeeping needs none of it
+# ``trainables.loop`` (PEFT, which imports transformers: ~5 s) and torch are imported where a
+# trial trains, not here: this module is the trial process's entry point and a search's
+# bookkeeping needs none of it (benchmarks/scale.py keeps 64 trial processes side by side)
 if TYPE_CHECKING:
+    import torch
+
     from trainables import loop
 
 PREVIEW_PATH = "preview"  # the run's artifact folder of a task's preview
@@ -40,6 +41,8 @@ def pin_threads(resources: dict) -> None:
     """As many torch threads as the trial holds CPUs, set explicitly: Ray's OMP_NUM_THREADS only
     reaches torch if torch is imported after it is set, and concurrent trials with a thread per
     core each fight over the cores (make demo ran 2x slower when that happened)."""
+    import torch
+
     torch.set_num_threads(max(1, round(float(resources["cpus_per_worker"]))))
 
 
@@ -56,6 +59,14 @@ def trial_resources(resources: dict, trial_function_cpu: float) -> dict:
     if executor(resources) == "direct":
         return {"cpu": float(resources["cpus_per_worker"]), "gpu": float(resources["gpus_per_worker"])}
     return {"cpu": trial_function_cpu}
+
+
+def direct_device(resources: dict) -> torch.device:
+    """A direct trial's device, with torch's threads pinned to the CPUs the trial holds."""
+    import torch
+
+    pin_threads(resources)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def run_name(trial_id: str, cfg: dict) -> str:
@@ -91,8 +102,9 @@ def run_trial(sample: dict, study: dict) -> None:
                    "new_run": found is None and direct}
     try:
         if direct:
-            pin_threads(cfg["resources"])
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            # a training function other than the loop (a benchmark's) gets no device: its trial
+            # process never imports torch
+            device = None if study.get("train_fn") else direct_device(cfg["resources"])
             _run_loop(loop_config, ray.tune.report, ray.tune.get_checkpoint(), ray.tune.Checkpoint, 0, device)
         else:
             _fit_train(loop_config, cfg, study, ctx.get_trial_id())
@@ -206,6 +218,8 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
         if not rank0:
             return
         import ray.util
+        import torch
+
         from trainables import bundle, lora
 
         info = {"trainable_params": lora.trainable_parameters(setup.model), "base.name": setup.base.identity["name"],
