@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import Postgres, free_port
+from servers import free_port, postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = """
@@ -46,7 +46,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def team(tmp_path_factory):
     work = tmp_path_factory.mktemp("team")
-    with Postgres() as pg:
+    with postgres() as pg:
         space = work / "team.yaml"
         space.write_text(SPACE.replace("OUT", str(work / "out")).replace("BACKEND", pg.url))
         env = {**os.environ, "RANKHOUSE_HOME": str(work / "home")}

@@ -6,66 +6,30 @@ afterwards (never ``ray stop``, which would stop every Ray here)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from benchmarks.loopback_cluster import LoopbackCluster
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.2", 0))
-        return sock.getsockname()[1]
-
-
-def stop(processes: list[list]) -> None:
-    from platform.ray_session import running
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid, started in processes:
-            if running(pid, started):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-        time.sleep(1)
 
 
 @pytest.mark.slow
 def test_trials_land_on_both_nodes_of_a_loopback_cluster(tiny_search, tmp_path):
-    from platform.ray_session import OWNER_VAR, ray_processes, running
     from trainables import tracking
 
-    token = f"two-nodes-{uuid.uuid4().hex[:8]}"
-    secret = tmp_path / "auth_token"  # the cluster's token, as scripts/cluster_secrets.sh makes it
-    secret.write_text(uuid.uuid4().hex)
-    secret.chmod(0o600)
-    env = {**tiny_search.env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(secret), OWNER_VAR: token}
-    env.pop("RAY_ADDRESS", None)
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    port = free_port()
-    nodes: list[list] = []
-    try:
-        for args in (["--head", "--node-ip-address=127.0.0.2", f"--port={port}", "--include-dashboard=false"],
-                     [f"--address=127.0.0.2:{port}", "--node-ip-address=127.0.0.3"]):
-            started = subprocess.run([ray_bin, "start", *args, "--num-cpus=1", "--disable-usage-stats"], env=env,
-                                     capture_output=True, text=True, timeout=180)
-            assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
-        nodes = ray_processes(token)
+    cluster = LoopbackCluster(tmp_path, nodes=2, cpus=1, base_env=tiny_search.env)
+    with cluster:
         summary = tmp_path / "summary.json"
         proc = subprocess.run(
             tiny_search.cmd("search.num_samples=2", "search.max_concurrent=2", "train.epochs=1",
                             "train.steps_per_epoch=2", f"run.storage_path={tmp_path / 'shared' / 'ray'}",
                             "--json", str(summary)),
-            cwd=ROOT, env={**env, "RAY_ADDRESS": f"127.0.0.2:{port}"}, capture_output=True, text=True, timeout=900)
+            cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         result = json.loads(summary.read_text())
         mlflow = tracking.client(result["tracking_uri"])
@@ -75,15 +39,12 @@ def test_trials_land_on_both_nodes_of_a_loopback_cluster(tiny_search, tmp_path):
         assert not (tiny_search.out / "ray").exists()
         assert len(list((tmp_path / "shared" / "ray").glob("*/trial_*/checkpoint_*"))) >= 2  # both nodes wrote to the shared path
         # a client with a wrong token, or with none, is refused by the cluster the search just used
-        stranger = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+        stranger = {k: v for k, v in cluster.node_env.items() if not k.startswith("RAY_AUTH")}
         for client in ({**stranger, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex},
                        {**stranger, "RAY_AUTH_MODE": "disabled", "HOME": str(tmp_path)}):  # no ~/.ray/auth_token
-            joined = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='127.0.0.2:{port}'); "
+            joined = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='{cluster.env['RAY_ADDRESS']}'); "
                                      "print(ray.cluster_resources())"], env=client, capture_output=True, text=True,
                                     timeout=300)
             assert joined.returncode != 0 and "CPU" not in joined.stdout, joined.stdout
             assert "Authentication token is missing or incorrect" in joined.stderr, joined.stderr[-2000:]
-    finally:
-        nodes = nodes or ray_processes(token)
-        stop(ray_processes(token) + nodes)
-    assert nodes and not [pid for pid, started in nodes if running(pid, started)]
+    assert cluster.stopped()
