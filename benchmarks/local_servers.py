@@ -52,7 +52,11 @@ class MlflowServer:
 
     def __exit__(self, *exc) -> None:
         os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(timeout=30)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
 
 
 def initdb() -> Path | None:
@@ -83,12 +87,17 @@ class Postgres:
             if done.returncode != 0:
                 raise RuntimeError(f"{cmd[0]} failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
 
-        run(str(self.bin / "initdb"), "-D", str(self.data / "db"), "-U", "rankhouse", "-A", "trust", "--no-sync")
-        run(str(self.bin / "pg_ctl"), "-D", str(self.data / "db"), "-l", str(self.data / "log"), "-w", "-o",
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.data} -c fsync=off",
-            "start")
-        self.stop = lambda: run(str(self.bin / "pg_ctl"), "-D", str(self.data / "db"), "-m", "immediate", "stop")
-        run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "rankhouse", "rankhouse")
+        self.stop = lambda: None
+        try:
+            run(str(self.bin / "initdb"), "-D", str(self.data / "db"), "-U", "rankhouse", "-A", "trust", "--no-sync")
+            run(str(self.bin / "pg_ctl"), "-D", str(self.data / "db"), "-l", str(self.data / "log"), "-w", "-o",
+                f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.data} -c fsync=off",
+                "start")
+            self.stop = lambda: run(str(self.bin / "pg_ctl"), "-D", str(self.data / "db"), "-m", "immediate", "stop")
+            run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "rankhouse", "rankhouse")
+        except BaseException:  # a server that started is stopped, and its folder removed
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:

@@ -11,18 +11,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 class LoopbackCluster:
@@ -32,6 +25,7 @@ class LoopbackCluster:
 
     def __init__(self, work: Path, nodes: int = 2, cpus: float = 1, gpus: float = 0, base_env: dict | None = None,
                  object_store_mb: int | None = None):
+        from benchmarks.local_servers import free_port
         from platform.ray_session import OWNER_VAR
 
         self.nodes, self.cpus, self.gpus, self.object_store_mb = nodes, cpus, gpus, object_store_mb

@@ -34,7 +34,7 @@ def rendered_text(url: str, work: Path) -> str:
 
 
 def postgres():
-    """A throwaway PostgreSQL server (``benchmarks.postgres.Postgres``); the test is skipped where
+    """A throwaway PostgreSQL server (``benchmarks.local_servers.Postgres``); the test is skipped where
     none is installed."""
     from benchmarks.local_servers import Postgres, initdb
 

@@ -93,13 +93,13 @@ def test_tune_reuses_one_process_for_the_trials_of_a_search(searched):
 def test_a_trial_process_imports_no_torch_for_a_training_function_that_is_not_the_loop():
     """What a trial process imports for the search's bookkeeping (the trial wrapper, its
     checkpoint names, Ray Tune and Train, MLflow's client) holds no torch: 64 trial processes of
-    ``benchmarks/scale.py`` fit in this machine's memory only without it (~120 MB more each)."""
+    ``benchmarks/scale.py`` fit in 24 GiB only without it (~120 MB more each)."""
     import subprocess
     import sys
 
     imported = subprocess.run(
-        [sys.executable, "-c", "import sys, ray.train, ray.tune, mlflow.tracking, trainables.trial; "
-                               "from trainables import checkpoint; print(sorted({'torch', 'peft'} & set(sys.modules)))"],
+        [sys.executable, "-c", "import sys, ray.train, ray.tune, mlflow.tracking, trainables.trial; from trainables "
+                               "import checkpoint; print(sorted({'torch', 'peft'} & set(sys.modules)))"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert imported.returncode == 0, imported.stderr[-2000:]
     assert imported.stdout.strip() == "[]"

@@ -37,14 +37,15 @@ def test_trials_land_on_both_nodes_of_a_loopback_cluster(tiny_search, tmp_path):
         assert {r.info.status for r in runs} == {"FINISHED"}
         assert {r.data.tags["rankhouse.node"] for r in runs} == {"127.0.0.2", "127.0.0.3"}
         assert not (tiny_search.out / "ray").exists()
-        assert len(list((tmp_path / "shared" / "ray").glob("*/trial_*/checkpoint_*"))) >= 2  # both nodes wrote to the shared path
+        # both nodes wrote to the shared path
+        assert len(list((tmp_path / "shared" / "ray").glob("*/trial_*/checkpoint_*"))) >= 2
         # a client with a wrong token, or with none, is refused by the cluster the search just used
-        stranger = {k: v for k, v in cluster.node_env.items() if not k.startswith("RAY_AUTH")}
+        stranger = {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
         for client in ({**stranger, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex},
                        {**stranger, "RAY_AUTH_MODE": "disabled", "HOME": str(tmp_path)}):  # no ~/.ray/auth_token
             joined = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='{cluster.env['RAY_ADDRESS']}'); "
-                                     "print(ray.cluster_resources())"], env=client, capture_output=True, text=True,
-                                    timeout=300)
+                                     "print(ray.cluster_resources())"], env=client, capture_output=True,
+                                    text=True, timeout=300)
             assert joined.returncode != 0 and "CPU" not in joined.stdout, joined.stdout
             assert "Authentication token is missing or incorrect" in joined.stderr, joined.stderr[-2000:]
     assert cluster.stopped()

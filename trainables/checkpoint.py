@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Callable
 from trainables.errors import RankhouseError
 
 # torch and safetensors are imported where tensors are read or written: a trial process imports
-# this module for its names, and a search's bookkeeping around a training function that is not
-# the loop (benchmarks/scale.py runs 64 such trial processes side by side) needs no torch
+# this module for its names alone until the loop trains (see trainables/trial.py)
 if TYPE_CHECKING:
     import torch
 
