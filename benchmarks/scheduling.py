@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sqlite3
 import statistics
 import tempfile
 import time
@@ -40,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def synthetic_epoch(cfg: dict, epoch: int, folder: Path, epoch_ms: float) -> dict:
     """One 'epoch': a smooth objective of the sampled values (best near rank 16, lr 1e-3) that
-    improves with epochs, and a checkpoint folder shaped like a trial's (a small adapter). No
-    torch: a trial process that runs this never imports it (benchmarks/scale.py keeps 64 of them)."""
+    improves with epochs, and a checkpoint folder shaped like a trial's (a small adapter), written
+    without torch (see trainables/trial.py)."""
     import json
 
     import numpy as np
@@ -102,10 +101,18 @@ def synthetic_prepared(study, epoch_ms: float):
     return Prepared(cfg, {"name": "synthetic", "sha256": None}, {}, {})
 
 
-def mlflow_records(db: Path) -> int:
-    with sqlite3.connect(db) as con:
-        return sum(con.execute(f"select count(*) from {t}").fetchone()[0]
-                   for t in ("runs", "params", "tags", "metrics"))
+def mlflow_records(store: str) -> int:
+    """Rows in an MLflow store's runs, params, tags and metrics (every metric value logged);
+    ``store``: its database URL (SQLite or PostgreSQL)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(store)
+    try:
+        with engine.connect() as conn:
+            return sum(conn.execute(sqlalchemy.text(f"select count(*) from {t}")).scalar()
+                       for t in ("runs", "params", "tags", "metrics"))
+    finally:
+        engine.dispose()
 
 
 def main() -> None:
@@ -176,7 +183,7 @@ def main() -> None:
         wall = time.perf_counter() - started
         reports = sum(t["epochs"] for t in summary["trials"])
         return {"wall": wall, "fit": fit, "trials": len(summary["trials"]), "reports": reports,
-                "records": mlflow_records(out / "mlflow.db")}
+                "records": mlflow_records(uri)}
 
     ray_session.launch_ray(work)
     rows: dict[str, list[dict]] = {"tune": [], "platform": []}

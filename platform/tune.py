@@ -100,10 +100,12 @@ def experiment_path(out: Path, study: spaces.Study, parent_id: str) -> str:
 
 def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, parent_id: str,
                resume: bool = False, train: Callable | None = None, limit: int | None = None,
-               console: str = "normal"):
+               console: str = "normal", callbacks: tuple = ()):
     """Ray Tune over the study's trials. ``train`` replaces ``trainables.loop.train`` in every
     trial (same signature; everything around it is the platform's): benchmarks/scheduling.py
-    runs a trivial one to measure the search's own bookkeeping."""
+    runs a trivial one to measure the search's own bookkeeping; such a function gets no device
+    (``trainables.trial``). ``callbacks``: more Tune callbacks for a new search (a resumed one
+    keeps those it was started with): benchmarks/scale.py's readings."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -169,7 +171,7 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=root, verbose=tune_verbosity(console),
-            callbacks=[TrialLines(study, metric, mode)] if console == "normal" else [],
+            callbacks=([TrialLines(study, metric, mode)] if console == "normal" else []) + list(callbacks),
             # retried at one level only: here for the direct executor, by Ray Train for the train executor
             failure_config=tune.FailureConfig(
                 max_failures=cfg["resources"]["max_failures"] if executor(cfg["resources"]) == "direct" else 0),
