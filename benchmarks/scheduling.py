@@ -52,9 +52,10 @@ def synthetic_epoch(cfg: dict, epoch: int, folder: Path, epoch_ms: float) -> dic
     (folder / "adapter").mkdir()
     save_file({"lora_A": np.zeros((rank, 64), np.float32), "lora_B": np.zeros((64, rank), np.float32)},
               str(folder / "adapter" / "adapter_model.safetensors"))
-    (folder / "state.json").write_text(json.dumps({"epoch": epoch}))
-    return {"valid/sdr": score, "valid/loss": 1.0 / (1.0 + score * score), "train/loss": 0.1, "epoch": epoch,
-            "pid": os.getpid()}
+    metrics = {"valid/sdr": score, "valid/loss": 1.0 / (1.0 + score * score), "train/loss": 0.1, "epoch": epoch,
+               "pid": os.getpid()}
+    (folder / "state.json").write_text(json.dumps({"epoch": epoch, "metrics": metrics}))
+    return metrics
 
 
 def synthetic_train(cfg: dict, report, resume_from=None, device=None, prepare_model=None, log=None,

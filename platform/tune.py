@@ -193,8 +193,8 @@ def close_child_runs(study: spaces.Study, results, uri: str, exp_id: str, parent
             mlflow.set_tag(run.info.run_id, tags.LOST, "lost with a killed driver before Tune saved it; replaced")
             mlflow.set_terminated(run.info.run_id, status="KILLED")
             continue
-        epochs = len(tracking.epochs(mlflow, run.info.run_id, study.config["objective"]["metric"]))
-        if result is not None and result.error is not None:
+        epochs = len(land_last_report(mlflow, run.info.run_id, result.metrics or {}, study.config["objective"]))
+        if result.error is not None:
             mlflow.set_tag(run.info.run_id, tags.FAILURE, " ".join(str(result.error).split())[:4000])
             mlflow.set_terminated(run.info.run_id, status="FAILED")
         elif epochs >= study.config["train"]["epochs"]:
@@ -202,6 +202,26 @@ def close_child_runs(study: spaces.Study, results, uri: str, exp_id: str, parent
         else:
             mlflow.set_tag(run.info.run_id, tags.STOPPED_BY, "scheduler")
             mlflow.set_terminated(run.info.run_id, status="KILLED")
+
+
+def land_last_report(mlflow, run_id: str, last: dict, objective: dict) -> dict[int, float]:
+    """The run's {epoch: objective}, with the trial's last report to Tune logged if it is missing.
+    A trial writes an epoch's metrics asynchronously and waits for them before its next report
+    (``trainables.trial``); one that Tune ended has had no next report, and its last write may
+    still be in flight, or lost with its process. Tune has the result, so it is logged from there
+    (should the trial's own write land after all, ``tracking.epochs`` counts the step once)."""
+    from trainables import objective as objectives
+
+    metric, logged = objective["metric"], tracking.epochs(mlflow, run_id, objective["metric"])
+    if "epoch" not in last or int(last["epoch"]) in logged:
+        return logged
+    epoch, value = int(last["epoch"]), last.get(metric)
+    # the keys the trial logs (Tune adds its own: time, iteration, host), known from earlier epochs
+    keys = set(mlflow.get_run(run_id).data.metrics) | {tracking.key(metric), "epoch"}
+    better = objectives.better(value, objectives.best(logged.values(), objective["mode"]), objective["mode"])
+    tracking.log_metrics(mlflow, run_id, {k: v for k, v in last.items() if tracking.key(k) in keys}, step=epoch,
+                         run_tags={tags.BEST_EPOCH: epoch} if better else None)
+    return {**logged, epoch: value}
 
 
 def search(args, console: str) -> tuple[spaces.Study, dict, object, dict, str]:

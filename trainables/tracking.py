@@ -55,12 +55,15 @@ def log_params(mlflow, run_id: str, params: dict[str, Any], run_tags: dict[str, 
 
 
 def log_metrics(mlflow, run_id: str, metrics: dict[str, float], step: int,
-                run_tags: dict[str, str] | None = None) -> None:
+                run_tags: dict[str, str] | None = None, wait: bool = True):
+    """One batch of metrics (and tags). ``wait=False`` queues it on MLflow's asynchronous logger
+    (a thread of this process) and returns its operation: ``.wait()`` until it is in the store,
+    which raises the write's error if it failed."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     items = [Metric(key(k), float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
-    mlflow.log_batch(run_id, metrics=items, tags=_run_tags(run_tags))
+    return mlflow.log_batch(run_id, metrics=items, tags=_run_tags(run_tags), synchronous=wait)
 
 
 def _run_tags(run_tags: dict[str, Any] | None) -> list:

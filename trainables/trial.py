@@ -199,17 +199,33 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
 
         train = loop.train
 
+    # An epoch's metrics go to MLflow on its asynchronous logger, off the epoch's critical path
+    # (benchmarks/scheduling.py). At most one write is in flight: before an epoch's checkpoint
+    # reaches Tune, the earlier epochs' metrics are in the store, and this epoch's are in the
+    # checkpoint (its STATE), which a retry resumed from it logs again if they never landed.
+    in_flight: list = []
+
+    def settle() -> None:
+        while in_flight:
+            in_flight.pop(0).wait()
+
+    def log_epoch(metrics: dict, folder: Path, wait: bool) -> None:
+        value = metrics.get(metric)
+        better = objective.better(value, best["value"], mode)
+        if better:  # the adapter at the best epoch is the trial's artifact, logged before the tag names it
+            best["value"] = value
+            mlflow.log_artifacts(run_id, str(folder / checkpoint.ADAPTER), "adapter")
+        settle()
+        write = tracking.log_metrics(mlflow, run_id, metrics, step=int(metrics["epoch"]), wait=wait,
+                                     run_tags={tags.BEST_EPOCH: metrics["epoch"]} if better else None)
+        if write is not None:
+            in_flight.append(write)
+        if better and setups:  # a training function that describes no model has nothing to listen to
+            log_preview(mlflow, run_id, setups[-1], metrics, device)
+
     def report(metrics: dict, folder: Path) -> None:
         if rank0:
-            value = metrics.get(metric)
-            better = objective.better(value, best["value"], mode)
-            if better:  # the adapter at the best epoch is the trial's artifact, logged before the tag names it
-                best["value"] = value
-                mlflow.log_artifacts(run_id, str(folder / checkpoint.ADAPTER), "adapter")
-            tracking.log_metrics(mlflow, run_id, metrics, step=int(metrics["epoch"]),
-                                 run_tags={tags.BEST_EPOCH: metrics["epoch"]} if better else None)
-            if better and setups:  # a training function that describes no model has nothing to listen to
-                log_preview(mlflow, run_id, setups[-1], metrics, device)
+            log_epoch(metrics, folder, wait=False)
         # what the adapter costs rides along every report: a multi-objective search may minimise it
         ray_report({**metrics, **costs}, checkpoint=checkpoint_cls.from_directory(str(folder)) if rank0 else None)
 
@@ -244,9 +260,18 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
         if rank0 and logged:  # a retried trial whose first attempt died before any checkpoint
             note_restart(mlflow, run_id, 0)
         train(cfg, report, device=device, prepare_model=prepare, on_setup=describe, rank=rank)
-        return
-    with resume.as_directory() as folder:
-        if rank0:
-            note_restart(mlflow, run_id, json.loads((Path(folder) / checkpoint.STATE).read_text())["epoch"])
-        train(cfg, report, resume_from=Path(folder), device=device, prepare_model=prepare, on_setup=describe,
-                   rank=rank)
+    else:
+        with resume.as_directory() as folder:
+            state = json.loads((Path(folder) / checkpoint.STATE).read_text())
+            if rank0:
+                note_restart(mlflow, run_id, state["epoch"])
+                resumed = state.get("metrics")
+                # the last attempt died with this epoch's write in flight: logged as it reported it
+                if resumed and int(resumed["epoch"]) not in tracking.epochs(mlflow, run_id, metric):
+                    log_epoch(resumed, Path(folder), wait=True)
+            train(cfg, report, resume_from=Path(folder), device=device, prepare_model=prepare,
+                  on_setup=describe, rank=rank)
+    # every epoch in the store before the run is marked finished. A trial that raised (Tune's
+    # stop, a failure) does not wait: its write goes on in this process's MLflow thread, and the
+    # driver logs a last report still missing when it closes the run (platform.tune)
+    settle()
