@@ -17,7 +17,11 @@ from trainables.errors import RankhouseError
 # overhead (see benchmarks/trial_overhead.py). Users may still override these.
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
            # trials keep the driver's working directory (every path they get is absolute anyway)
-           "RAY_CHDIR_TO_TRIAL_DIR": "0"}
+           "RAY_CHDIR_TO_TRIAL_DIR": "0",
+           # how long a reused trial process waits for the trial Tune stopped in it to let go
+           # before the next trial there is failed (Ray's default, 2 s, failed 4 of 1,000 trials
+           # while 64 trial processes started on 2 cores: benchmarks/scale.py)
+           "TUNE_FUNCTION_THREAD_TIMEOUT_S": "60"}
 
 
 # Ray turns a node address of 127.0.0.1 into the machine's network address, unless this is set:
