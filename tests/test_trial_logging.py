@@ -50,7 +50,9 @@ def run(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow = tracking.client(uri)
-    run_id = mlflow.create_run(mlflow.create_experiment("trial-logging")).info.run_id
+    # The artifact root beside the store: MLflow's default is ./mlruns in the working directory.
+    experiment = mlflow.create_experiment("trial-logging", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = mlflow.create_run(experiment).info.run_id
     return mlflow, uri, run_id
 
 
