@@ -63,8 +63,12 @@ def synthetic_train(cfg: dict, report, resume_from=None, device=None, prepare_mo
     """``trainables.loop.train``'s signature over ``synthetic_epoch``: the platform arm's trials.
     ``log`` is not ``print``: shipped by value, the function carries its defaults, and after a
     first search in the process Ray has replaced ``builtins.print``, which then cannot be pickled."""
+    import json
+
+    # resumed (a retry, or HyperBand's unpause): from the epoch its checkpoint holds
+    start = json.loads((Path(resume_from) / "state.json").read_text())["epoch"] if resume_from else 0
     metrics = {}
-    for epoch in range(1, int(cfg["train"]["epochs"]) + 1):
+    for epoch in range(start + 1, int(cfg["train"]["epochs"]) + 1):
         with tempfile.TemporaryDirectory() as tmp:
             metrics = synthetic_epoch(cfg, epoch, Path(tmp), cfg["train"]["epoch_ms"])
             if report(metrics, Path(tmp)):

@@ -23,6 +23,7 @@ from trainables import schema
 from trainables.errors import RankhouseError
 from trainables.family import get_family
 from trainables.task import Task
+from trainables.trial import executor
 
 # objectives beyond the epoch metrics: what a trial's adapter costs (constant over its epochs)
 COST_METRICS = ("trainable_params", "adapter_bytes")
@@ -205,9 +206,13 @@ def load(file: Path | str, overrides: list[str] = ()) -> Study:
         raise RankhouseError(f"{file}: resources.executor: direct runs one worker per trial; "
                              "use train (or auto) for workers_per_trial > 1")
     sch_cfg, epochs = config["search"]["scheduler"], config["train"]["epochs"]
-    if sch_cfg["type"] == "asha" and not 1 <= sch_cfg["grace_period"] <= epochs:
+    if sch_cfg["type"] in ("asha", "optuna") and not 1 <= sch_cfg["grace_period"] <= epochs:
         raise RankhouseError(f"{file}: search.scheduler.grace_period: {sch_cfg['grace_period']}; expected "
                              f"1 <= grace_period <= train.epochs ({epochs})")
+    if sch_cfg["type"] == "hyperband" and executor(r) != "direct":
+        raise RankhouseError(f"{file}: search.scheduler.type: hyperband pauses trials until their bracket fills, "
+                             f"which the train executor's queued workers cannot wait for; use asha or optuna, or "
+                             f"one worker per trial (resources.executor: direct)")
     try:
         task.check_config(config)
     except RankhouseError as exc:

@@ -107,9 +107,9 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
     (``trainables.trial``). ``callbacks``: more Tune callbacks for a new search (a resumed one
     keeps those it was started with): benchmarks/scale.py's readings."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
+    from platform import schedulers
     from platform.console import TrialLines, tune_verbosity
     from platform.searcher import BestEpochOptunaSearch, sampler
     from trainables.trial import run_trial
@@ -136,10 +136,15 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
         from platform.budget import BudgetedOptunaSearch, ParameterCounter
 
         searcher = BudgetedOptunaSearch(**optuna_args, budget=budget, counter=ParameterCounter(prepared.config))
-    sch = s["scheduler"]
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg["train"]["epochs"],
-                               grace_period=sch["grace_period"], reduction_factor=sch["reduction_factor"])
-                 if sch["type"] == "asha" else FIFOScheduler())
+    scheduler = schedulers.build(s["scheduler"], cfg["train"]["epochs"])
+    if schedulers.pauses_trials(s["scheduler"]):
+        # Paused trials count against the ConcurrencyLimiter, so it allows every trial; Tune's own
+        # cap on pending trials (its documented variable, read when the search starts; 1 is its
+        # default for a searcher without a limiter) keeps the sampler one trial ahead of what
+        # runs, so TPE learns from the trials before. Paused trials hold no resources: the
+        # direct executor (spaces.py) queues on them.
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = "1"
+        limit = s["num_samples"]
     payload = {
         "name": study.name,
         "config": {k: v for k, v in prepared.config.items() if k != "search"},  # each trial's sample goes over it

@@ -139,11 +139,18 @@ SCHEMA: Schema = {
                               expect="an integer >= 1"),
         "seed": Key(0, "the sampler's seed"),
         "scheduler": {
-            "type": Key("asha", "asha (stop poor trials early) or fifo (run every trial to the end)",
-                        rule=_in("asha", "fifo"), expect="one of ('asha', 'fifo')"),
-            "grace_period": Key(1, "asha: epochs before a trial can be stopped"),
-            "reduction_factor": Key(2, "asha: keep 1 in this many at each rung", rule=_int_at_least(2),
+            "type": Key("asha", "asha (Ray's asynchronous successive halving), hyperband (Ray's synchronous "
+                                "HyperBand), optuna (Optuna's SuccessiveHalvingPruner) or fifo (every trial to "
+                                "the end); see platform/schedulers.py",
+                        rule=_in("asha", "hyperband", "optuna", "fifo"),
+                        expect="one of ('asha', 'hyperband', 'optuna', 'fifo')"),
+            "grace_period": Key(1, "asha, optuna: epochs before a trial can be stopped (hyperband derives its "
+                                   "rungs from train.epochs and reduction_factor)"),
+            "reduction_factor": Key(2, "keep 1 in this many at each rung", rule=_int_at_least(2),
                                     expect="an integer >= 2"),
+            "bootstrap_count": Key(0, "optuna: results a rung needs before any trial passes it (trials that "
+                                      "reach it earlier are stopped)", rule=_int_at_least(0),
+                                   expect="an integer >= 0"),
         },
         "space": Key({}, "key path -> distribution ({type: choice|uniform|loguniform|int|logint, ...})", free=True),
     },
