@@ -12,9 +12,9 @@ Every kind is a maintained implementation, configured here, not a scheduler of r
              every trial of the bracket has, then the best 1/reduction_factor resume from their
              checkpoints and the rest stop.
   optuna     Optuna's SuccessiveHalvingPruner decides and Tune stops (``OptunaPruning``):
-             asynchronous like ASHA, with its ``bootstrap_count``: a trial reaching a rung is
-             stopped until that many others have reported there, so more results are compared
-             at each rung.
+             asynchronous like ASHA, with its ``bootstrap_count``: a trial that reaches a rung
+             before that many others have reported there is stopped, so later trials are
+             compared with more results at each rung.
   fifo       no early stopping.
 
 benchmarks/search_efficiency.py measures them against each other (docs/benchmarks.md).

@@ -13,45 +13,24 @@ with epochs; ~10 ms an epoch).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 METRIC = "valid/sdr"
 
 
 def search(work: Path, overrides: list[str]) -> list[list]:
-    """Run the techhouse space's search with the synthetic function; each trial's MLflow metric
-    history of the objective (in logging order), the trials in the order Tune created them."""
-    import ray
-    import ray.cloudpickle
-
-    import benchmarks.scheduling as scheduling
-    from platform import spaces, study_runs, tune
+    """Each trial's MLflow metric history of the objective (in logging order), the trials in the
+    order Tune created them."""
+    from synthetic_search import synthetic_search
     from trainables import tags, tracking
 
-    ray.cloudpickle.register_pickle_by_value(scheduling)  # trial processes need not import it
-    saved = dict(os.environ)
-    study = spaces.load(ROOT / "search_spaces" / "techhouse.yaml", [
-        *overrides, "resources.cpus_per_worker=1.0", f"data.root={work}", f"tracking.output={work / 'out'}"])
-    prepared = scheduling.synthetic_prepared(study, epoch_ms=10.0)
-    out = study_runs.output_dir(study)
-    out.mkdir(parents=True)
-    uri = study_runs.tracking_uri(study, out)
-    try:
-        _, exp_id, parent_id = study_runs.start_parent(uri, study, prepared, out)
-        results = tune.run_search(study, prepared, out, uri, exp_id, parent_id, train=scheduling.synthetic_train)
-        tune.close_child_runs(study, results, uri, exp_id, parent_id)
-    finally:
-        ray.shutdown()
-        os.environ.clear()
-        os.environ.update(saved)
-    mlflow = tracking.client(uri)
+    s = synthetic_search(work, overrides)
+    mlflow = tracking.client(s.uri)
     runs = {run.data.tags[tags.TRIAL_ID]: run.info.run_id
-            for run in mlflow.search_runs([exp_id], filter_string=f"tags.`{tags.PARENT}` = '{parent_id}'")}
-    created = [result.metrics["trial_id"] for result in results]  # Tune's order: as the searcher made them
+            for run in mlflow.search_runs([s.exp_id], filter_string=f"tags.`{tags.PARENT}` = '{s.parent_id}'")}
+    created = [result.metrics["trial_id"] for result in s.results]  # Tune's order: as the searcher made them
     assert sorted(created) == sorted(runs)
     return [sorted(mlflow.get_metric_history(runs[t], METRIC), key=lambda m: m.timestamp) for t in created]
 

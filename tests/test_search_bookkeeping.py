@@ -9,7 +9,6 @@ shows that Tune runs the trials of a search in one reused process.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -21,36 +20,18 @@ TRIALS, EPOCHS = 4, 2
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     import optuna
-    import ray
-    import ray.cloudpickle
 
-    import benchmarks.scheduling as scheduling
-    from platform import spaces, study_runs, tune
+    from platform import study_runs
     from platform.summary import summarize
+    from synthetic_search import synthetic_search
 
-    ray.cloudpickle.register_pickle_by_value(scheduling)  # trial processes need not import it
-    work = tmp_path_factory.mktemp("bookkeeping")
-    saved = dict(os.environ)
-    study = spaces.load(ROOT / "search_spaces" / "techhouse.yaml", [
+    s = synthetic_search(tmp_path_factory.mktemp("bookkeeping"), [
         f"search.num_samples={TRIALS}", "search.max_concurrent=1", "search.scheduler.type=fifo",
-        f"train.epochs={EPOCHS}", "resources.cpus_per_worker=1.0", f"data.root={work}",
-        f"tracking.output={work / 'out'}"])
-    prepared = scheduling.synthetic_prepared(study, epoch_ms=10.0)
-    out = study_runs.output_dir(study)
-    out.mkdir(parents=True)
-    uri = study_runs.tracking_uri(study, out)
-    try:
-        _, exp_id, parent_id = study_runs.start_parent(uri, study, prepared, out)
-        results = tune.run_search(study, prepared, out, uri, exp_id, parent_id, train=scheduling.synthetic_train)
-        tune.close_child_runs(study, results, uri, exp_id, parent_id)
-        summary = summarize(study, results, prepared, uri, study.name, exp_id, parent_id)
-        optuna_trials = optuna.load_study(study_name=study_runs.optuna_study_name(study, parent_id),
-                                          storage=study_runs.optuna_storage_url(study, out)).get_trials()
-    finally:
-        ray.shutdown()
-        os.environ.clear()
-        os.environ.update(saved)
-    return summary, optuna_trials, uri
+        f"train.epochs={EPOCHS}"])
+    summary = summarize(s.study, s.results, s.prepared, s.uri, s.study.name, s.exp_id, s.parent_id)
+    optuna_trials = optuna.load_study(study_name=study_runs.optuna_study_name(s.study, s.parent_id),
+                                      storage=study_runs.optuna_storage_url(s.study, s.out)).get_trials()
+    return summary, optuna_trials, s.uri
 
 
 @pytest.mark.slow
