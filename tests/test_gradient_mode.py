@@ -1,4 +1,4 @@
-"""``lora.rank_mode: gradient`` (trainables/realloc.py): ranks reallocated once after a warm-up,
+"""``lora.rank_mode: gradient`` (trainables/realloc.py): ranks reallocated after a warm-up, once or progressively,
 on a real HT-Demucs (Linear, Conv1d, Conv2d, ConvTranspose1d/2d and MultiheadAttention
 adapters) and through the real training loop, within the parameters of the uniform rank."""
 
@@ -112,7 +112,22 @@ def config(loop_config):
     return cfg
 
 
-def test_the_loop_reallocates_in_the_first_epoch_and_resumes_exactly(config, tmp_path, one_thread):
+def test_the_schedule_prunes_on_a_cubic_from_the_warm_up_to_the_budget_within_the_first_epoch():
+    assert realloc.schedule(0.5, 8, 1, 1000, 400) == {4: 400}
+    plan = realloc.schedule(0.5, 8, 4, 1000, 400)
+    assert list(plan) == [4, 5, 7, 8]  # evenly spread from gradient_at to the epoch's last step
+    assert list(plan.values()) == [400 + int(600 * (1 - k / 4) ** 3) for k in (1, 2, 3, 4)]
+    assert plan[8] == 400 and all(a > b for a, b in zip(plan.values(), list(plan.values())[1:]))
+    # an epoch too short for every step: those that land together keep the later, smaller budget
+    assert realloc.schedule(0.5, 4, 5, 1000, 400) == {2: 400 + int(600 * (1 - 1 / 5) ** 3),
+                                                     3: 400 + int(600 * (1 - 3 / 5) ** 3), 4: 400}
+    with pytest.raises(RankhouseError, match="lora.gradient_steps: 0; expected an integer >= 1"):
+        lora.LoraSpec.from_config({"rank_mode": "gradient", "gradient_steps": 0})
+
+
+@pytest.mark.parametrize("reallocations", [1, 3])
+def test_the_loop_reallocates_in_the_first_epoch_and_resumes_exactly(config, reallocations, tmp_path, one_thread):
+    config["lora"]["gradient_steps"] = reallocations
     described, reports, logs = [], [], []
     straight = tmp_path / "straight"
 
@@ -127,7 +142,12 @@ def test_the_loop_reallocates_in_the_first_epoch_and_resumes_exactly(config, tmp
     assert [r["epoch"] for r in reports] == [1, 2]
     assert len(described) == 1  # described once, with its final ranks
     ranks, trainable, heads = described[0]
-    assert any("gradient: ranks reallocated over" in line for line in logs)
+    pruned = [line for line in logs if "gradient: ranks reallocated over" in line]
+    assert len(pruned) == reallocations
+    sums = [int(line.split("rank sum ")[1].split(" -> ")[1].split(",")[0]) for line in pruned]
+    assert sums == sorted(sums, reverse=True) and sums[-1] == sum(ranks.values())
+    if reallocations > 1:
+        assert sums[0] > sums[-1]  # the schedule prunes in steps, not all at once
     setup = loop.base_model(config)
     uniform, _ = HTDEMUCS.apply_lora(copy.deepcopy(setup.model), lora.LoraSpec(rank=2, rank_mode="uniform"),
                                      setup.modules_to_save)

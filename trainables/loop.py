@@ -133,8 +133,7 @@ class Recipe:
         self.use_bf16 = self.device.type == "cuda" and bool(t["bf16"])
         self.clip = float(cfg["optim"]["grad_clip"])
         self.start_epoch, self.step = 0, 0
-        self.realloc_step: int | None = None  # rank_mode gradient: the step that reallocates
-        self.budget: int | None = None
+        self.realloc_plan: dict[int, int] = {}  # rank_mode gradient: step -> the budget it reallocates to
 
     # ---- setup ----------------------------------------------------------------------------
     def setup(self, resume_from: Path | None = None) -> None:
@@ -144,13 +143,14 @@ class Recipe:
         self.built = s = build_model(cfg)
         resumed = checkpoint.load(Path(resume_from)) if resume_from is not None else None
         if s.spec is not None and s.spec.rank_mode == "gradient":
-            self.budget = realloc.uniform_budget(s.model, s.spec.rank)
-            if resumed is not None:  # every checkpoint is past the reallocation (it happens in epoch 1)
+            if resumed is not None:  # every checkpoint is past the reallocations (they happen in epoch 1)
                 s.ranks = {k: int(v) for k, v in resumed[1]["ranks"].items()}
                 realloc.reshape(s.model, s.ranks, keep_learned=False)
             else:
-                self.realloc_step = realloc.warmup_steps(s.spec.gradient_at, self.steps)
-        if self.on_setup and self.realloc_step is None:  # a gradient trial describes itself once its ranks are final
+                self.realloc_plan = realloc.schedule(s.spec.gradient_at, self.steps, s.spec.gradient_steps,
+                                                     realloc.adapter_size(s.model),
+                                                     realloc.uniform_budget(s.model, s.spec.rank))
+        if self.on_setup and not self.realloc_plan:  # a gradient trial describes itself once its ranks are final
             self.on_setup(s)
         self.model = s.model.to(self.device)
         s.valid = s.task.open(cfg, s.base, "valid")
@@ -193,8 +193,8 @@ class Recipe:
             self.scheduler.step()
             total += loss.item()
             self.step += 1
-            if self.step == self.realloc_step:
-                self._reallocate()
+            if self.step in self.realloc_plan:
+                self._reallocate(self.realloc_plan[self.step], final=self.step == max(self.realloc_plan))
         metrics = {"train/loss": total / self.steps, "epoch": epoch + 1, "step": self.step,
                    "lr": self.scheduler.get_last_lr()[0],
                    "time/train_step_s": (time.perf_counter() - started) / self.steps}
@@ -203,16 +203,16 @@ class Recipe:
             raise TrialFailed(f"non-finite validation loss at epoch {epoch + 1}")
         return metrics
 
-    def _reallocate(self) -> None:
+    def _reallocate(self, budget: int, final: bool) -> None:
         s = self.built
-        s.ranks = reallocate(s, self.budget, self.log)
+        s.ranks = reallocate(s, budget, self.log)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         # AdamW's moments belonged to the old factors; the schedule (and its step) carries on
         self.optimizer.param_groups[0]["params"] = self.params
         self.optimizer.state.clear()
         self.train_model = self.prepare_model(self.model) if self.prepare_model else self.model
         self.train_model.train()
-        if self.on_setup:
+        if self.on_setup and final:
             self.on_setup(s)
 
     # ---- save -----------------------------------------------------------------------------

@@ -15,8 +15,8 @@
   per module by the family's documented ``rank_scales``, rounded half up, at least 1 and at
   most the layer's min(fan_in, fan_out)). Each resolves to the same explicit rank map, so
   saving, reloading and logging never depend on the mode. ``gradient`` starts every target at
-  ``gradient_init_scale`` x ``rank`` and reallocates once, after a warm-up, within the
-  parameters of ``rank`` everywhere (``trainables/realloc.py``).
+  ``gradient_init_scale`` x ``rank`` and reallocates after a warm-up, once or in
+  ``gradient_steps`` steps, down to the parameters of ``rank`` everywhere (``trainables/realloc.py``).
 - Placement: ``placement`` switches the family's layer groups (HT-Demucs: frequency/time
   encoder, transformer, frequency/time decoder) on or off, ``{group: false}`` dropping that
   group's adapters in every rank mode. Groups not named stay on; a name the family does not
@@ -64,6 +64,7 @@ class LoraSpec:
     placement: dict[str, bool] = field(default_factory=dict)  # layer group -> adapters on/off (unnamed: on)
     gradient_init_scale: float = LORA["gradient_init_scale"].default
     gradient_at: float = LORA["gradient_at"].default
+    gradient_steps: int = LORA["gradient_steps"].default
 
     def __post_init__(self):
         checked = schema.validate(LORA, {f.name: getattr(self, f.name) for f in fields(self)}, "", "lora")

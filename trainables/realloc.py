@@ -1,4 +1,4 @@
-"""``lora.rank_mode: gradient``: ranks reallocated once, after a warm-up, by what the warm-up learned.
+"""``lora.rank_mode: gradient``: ranks reallocated after a warm-up, by what the adapters learned.
 
 Why not PEFT's AdaLoRA: it refuses Conv1d, ConvTranspose and MultiheadAttention, which is most
 of HT-Demucs. This works for every layer type rankhouse adapts, by one rule:
@@ -18,9 +18,16 @@ of HT-Demucs. This works for every layer type rankhouse adapts, by one rule:
    the update at that rank), rescaled for the new rank's alpha/r, so training continues from
    what the warm-up learned rather than from zero. AdamW's moments restart; the learning-rate
    schedule does not.
+5. With ``gradient_steps`` n > 1 the pruning is progressive, in the manner of AdaLoRA's budget
+   schedule: n reallocations spread evenly from the first (at ``gradient_at``) to the end of
+   the first epoch, the k-th (of 1..n) keeping budget + (start - budget) (1 - k/n)^3
+   parameters, where start is the warm-up's. Each prunes from the ranks the previous one left,
+   so a component cut early cannot come back, and the importances of the later steps are
+   measured on adapters that trained longer at their reduced ranks.
 
 Reallocation happens inside the first epoch, so every reported epoch and every saved adapter
-already has its final ranks.
+already has its final ranks. (AdaLoRA prunes over most of training; here the first epoch holds
+the whole schedule: a trial describes itself, and logs its rank map, once.)
 """
 
 from __future__ import annotations
@@ -161,6 +168,26 @@ def uniform_budget(model: nn.Module, rank: int) -> int:
     return total
 
 
+def adapter_size(model: nn.Module) -> int:
+    """The adapter parameters ``model`` holds at its current ranks."""
+    return sum(_cost_per_rank(layers) * layers[0].r[ADAPTER] for layers in lora_layers(model).values())
+
+
 def warmup_steps(gradient_at: float, steps_per_epoch: int) -> int:
-    """The step after which ranks are reallocated: a fraction of the first epoch, at least one step."""
+    """The step after which ranks are first reallocated: a fraction of the first epoch, at least one step."""
     return max(1, min(steps_per_epoch, math.floor(gradient_at * steps_per_epoch + 0.5)))
+
+
+def schedule(gradient_at: float, steps_per_epoch: int, reallocations: int, start: int, budget: int) -> dict[int, int]:
+    """{step: budget} of each reallocation: the first at ``gradient_at`` of the first epoch, the
+    last at its end at ``budget``, evenly spaced, the budgets falling from ``start`` (the
+    warm-up's parameters) on a cubic. An epoch too short for them all merges steps that land
+    together, keeping the later (smaller) budget."""
+    first = warmup_steps(gradient_at, steps_per_epoch)
+    if reallocations == 1:
+        return {first: budget}
+    plan: dict[int, int] = {}
+    for k in range(1, reallocations + 1):
+        step = first + math.floor((steps_per_epoch - first) * (k - 1) / (reallocations - 1) + 0.5)
+        plan[step] = budget + math.floor(max(start - budget, 0) * (1 - k / reallocations) ** 3)
+    return plan
