@@ -121,7 +121,7 @@ def test_the_schedule_prunes_on_a_cubic_from_the_warm_up_to_the_budget_within_th
     # an epoch too short for every step: those that land together keep the later, smaller budget
     assert realloc.schedule(0.5, 4, 5, 1000, 400) == {2: 400 + int(600 * (1 - 1 / 5) ** 3),
                                                      3: 400 + int(600 * (1 - 3 / 5) ** 3), 4: 400}
-    with pytest.raises(RankhouseError, match="lora.gradient_steps: 0; expected an integer >= 1"):
+    with pytest.raises(RankhouseError, match=r"lora.gradient_steps: 0; expected >= 1 \(reallocations"):
         lora.LoraSpec.from_config({"rank_mode": "gradient", "gradient_steps": 0})
 
 
@@ -181,3 +181,28 @@ def test_the_budget_counter_counts_a_gradient_trial_as_its_uniform_rank(config):
     counter = ParameterCounter(config)
     assert counter({"lora": {"rank": 2, "rank_mode": "gradient"}}) == counter({"lora": {"rank": 2,
                                                                                 "rank_mode": "uniform"}})
+
+
+def test_pruning_keeps_the_heads_moments_and_skips_a_step_with_nothing_to_prune(config, one_thread):
+    config["lora"].update(gradient_steps=3)
+    logs = []
+    recipe = loop.Recipe(config, torch.device("cpu"), log=logs.append)
+    recipe.setup()
+    recipe.train_epoch(0)
+    heads = [p for n, p in recipe.model.named_parameters() if p.requires_grad and "lora_" not in n]
+    assert heads and all(int(recipe.optimizer.state[p]["step"]) == recipe.steps for p in heads)
+    factors = [p for n, p in recipe.model.named_parameters() if "lora_" in n]
+    last = max(recipe.realloc_plan)
+    # rebuilt at the last reallocation: moments from there on only
+    assert all(int(recipe.optimizer.state[p].get("step", 0)) == recipe.steps - last for p in factors)
+
+    # the warm-up at the budget's own rank: no step prunes, so nothing is rebuilt
+    config["lora"].update(gradient_init_scale=1.0)
+    logs.clear()
+    recipe = loop.Recipe(config, torch.device("cpu"), log=logs.append)
+    recipe.setup()
+    before = [p for n, p in recipe.model.named_parameters() if "lora_" in n]
+    recipe.train_epoch(0)
+    after = [p for n, p in recipe.model.named_parameters() if "lora_" in n]
+    assert not [line for line in logs if "ranks reallocated" in line]
+    assert len(before) == len(after) and all(a is b for a, b in zip(before, after))

@@ -205,13 +205,17 @@ class Recipe:
 
     def _reallocate(self, budget: int, final: bool) -> None:
         s = self.built
-        s.ranks = reallocate(s, budget, self.log)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        # AdamW's moments belonged to the old factors; the schedule (and its step) carries on
-        self.optimizer.param_groups[0]["params"] = self.params
-        self.optimizer.state.clear()
-        self.train_model = self.prepare_model(self.model) if self.prepare_model else self.model
-        self.train_model.train()
+        if budget < realloc.adapter_size(self.model):  # a step with nothing to prune keeps the factors and moments
+            s.ranks = reallocate(s, budget, self.log)
+            self.params = [p for p in self.model.parameters() if p.requires_grad]
+            # AdamW's moments of the old factors go (the rebuilt factors are new tensors); the
+            # heads' stay, and the schedule (and its step) carries on
+            kept = set(self.params)
+            self.optimizer.param_groups[0]["params"] = self.params
+            for p in [p for p in self.optimizer.state if p not in kept]:
+                del self.optimizer.state[p]
+            self.train_model = self.prepare_model(self.model) if self.prepare_model else self.model
+            self.train_model.train()
         if self.on_setup and final:
             self.on_setup(s)
 

@@ -16,13 +16,16 @@ of HT-Demucs. This works for every layer type rankhouse adapts, by one rule:
    ``uniform`` one of the same ``rank``, and the budget counter counts it as that uniform trial.
 4. Each adapter is rebuilt at its new rank from its truncated SVD (the best approximation of
    the update at that rank), rescaled for the new rank's alpha/r, so training continues from
-   what the warm-up learned rather than from zero. AdamW's moments restart; the learning-rate
-   schedule does not.
+   what the warm-up learned rather than from zero. The rebuilt factors' AdamW moments restart
+   (the rebuilt heads' carry on); the learning-rate schedule does not. A step with nothing to
+   prune (the adapters already within its budget) rebuilds nothing.
 5. With ``gradient_steps`` n > 1 the pruning is progressive, in the manner of AdaLoRA's budget
    schedule: n reallocations spread evenly from the first (at ``gradient_at``) to the end of
    the first epoch, the k-th (of 1..n) keeping budget + (start - budget) (1 - k/n)^3
-   parameters, where start is the warm-up's. Each prunes from the ranks the previous one left,
-   so a component cut early cannot come back, and the importances of the later steps are
+   parameters, where start is the warm-up's. AdaLoRA's cubic runs over time from the end of
+   its warm-up; this one runs over the reallocations, so the first already removes most of the
+   excess (58% of it at n = 4) and the later ones refine. Each prunes from the ranks the
+   previous one left, so a component cut early cannot come back, and the later importances are
    measured on adapters that trained longer at their reduced ranks.
 
 Reallocation happens inside the first epoch, so every reported epoch and every saved adapter

@@ -104,10 +104,9 @@ SCHEMA: Schema = {
                                    rule=lambda v: v >= 1, expect=">= 1 (starting ranks, x rank)"),
         "gradient_at": Key(0.5, "gradient mode: when ranks are first reallocated, as a fraction of the first epoch",
                            rule=lambda v: 0 < v <= 1, expect="0 < gradient_at <= 1 (a fraction of the first epoch)"),
-        "gradient_steps": Key(1, "gradient mode: reallocations, from gradient_at to the end of the first epoch, "
-                                 "the budget falling on a cubic schedule (AdaLoRA's) to rank's",
-                              rule=lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-                              expect="an integer >= 1 (reallocations in the first epoch)"),
+        "gradient_steps": Key(1, "gradient mode: reallocations, spread from gradient_at to the end of the first "
+                                 "epoch, the budget falling on a cubic to the parameters of rank on every target",
+                              rule=lambda v: v >= 1, expect=">= 1 (reallocations in the first epoch)"),
     },
     "optim": {
         "lr": Key(1.0e-3, "AdamW's learning rate", rule=lambda v: v > 0, expect="a learning rate > 0"),
