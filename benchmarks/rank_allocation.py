@@ -8,15 +8,21 @@ included):
   uniform     rank R on every target
   heuristic   the family's documented allocation at the largest base rank that fits the budget
   gradient    ``rank_mode: gradient`` at rank R (a 2R warm-up for half of epoch 1, then reallocated
-              within the budget)
+              within the budget at once)
+  progressive the same pruned progressively (``gradient_steps`` 4, from half of epoch 1 to its end,
+              the budget falling on a cubic: only the number of reallocations differs)
   searched    per-group ``layer_ranks`` found by ``python -m platform.tune`` itself: TPE over the
               five groups with ``budget.max_trainable_params`` = the budget (over-budget samples
               rejected before training), selected on the valid split with a seed of its own
   full        full fine-tuning (every weight trains): the reference for step time, memory and size
 
-Every row but the search is trained with 3 seeds and scored on a holdout corpus no run trained or
-was selected on (the embedded tech-house preset rendered with another seed); the valid SDR is
-shown too. Each run is a fresh process on one torch thread (two side by side on 2 cores), so
+Every row but the search is trained with 5 seeds, paired: every row sees the same seed's data
+order. Each is scored on a test split no run trained or was selected on (benchmarks/heldout.py:
+the embedded tech-house preset rendered with a seed of its own, not the promotion holdout's);
+the valid SDR is shown too. A row's gain over uniform is the mean of its per-seed differences,
+with a 95% t interval over the seeds. Full fine-tuning's learning rate is searched first, on
+the valid split, at the search's seed (``--full-lrs``): LoRA's was never a fair one for it.
+Each run is a fresh process on one torch thread (two side by side on 2 cores), so
 step time and peak memory (the process' peak RSS over its RSS before training) compare like
 with like. LoRA uses rsLoRA scaling with alpha = 2 sqrt(R): one alpha means the same step size
 whatever rank a module ends with.
@@ -40,6 +46,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.heldout import TEST_SEED, open_test_split
+from benchmarks.study_files import write_space
+
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = ["encoder.*", "tencoder.*", "crosstransformer.*", "decoder.*", "tdecoder.*"]
 
@@ -52,7 +61,7 @@ def _rss_kb(field: str) -> int:
 
 
 def run_one(job: dict) -> dict:
-    """One training run in a fresh process: the loop, then the holdout score and the sizes."""
+    """One training run in a fresh process: the loop, then the test split's score and the sizes."""
     import torch
 
     torch.set_num_threads(1)
@@ -66,14 +75,14 @@ def run_one(job: dict) -> dict:
                log=lambda *a: None, on_setup=setups.append)
     peak = _rss_kb("VmHWM")
     setup = setups[-1]
-    holdout = stem_cache.StemCache(job["holdout"])
-    scores = evaluate_tracks(setup.model, holdout, sources_of(setup.cfg), setup.base.samplerate,
-                             float(cfg["data"]["segment"]), torch.device("cpu"), job["holdout_seconds"])
+    test = stem_cache.StemCache(job["test"])
+    scores = evaluate_tracks(setup.model, test, sources_of(setup.cfg), setup.base.samplerate,
+                             float(cfg["data"]["segment"]), torch.device("cpu"), job["test_seconds"])
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint.save_weights(setup.model, Path(tmp))
         saved = sum(f.stat().st_size for f in Path(tmp).rglob("*.safetensors"))
     return {"method": job["method"], "budget": job["budget"], "seed": cfg["train"]["seed"],
-            "holdout_sdr": scores["valid/sdr"], "valid_sdr": reports[-1]["valid/sdr"],
+            "test_sdr": scores["valid/sdr"], "valid_sdr": reports[-1]["valid/sdr"],
             "trainable": sum(p.numel() for p in setup.model.parameters() if p.requires_grad),
             "step_s": statistics.median(r["time/train_step_s"] for r in reports),
             "peak_mb": (peak - before) / 1024, "bytes": saved, "rank_sum": sum(setup.ranks.values())}
@@ -97,8 +106,7 @@ def search(args, study_file: Path, rank: int, budget: int, alpha: float, work: P
     doc["lora"] = {"rank": rank, "alpha": alpha, "scaling": "rslora", "rank_mode": "custom"}
     doc["budget"] = {"max_trainable_params": budget}
     doc["search"]["space"] = {f'lora.layer_ranks."{g}"': {"type": "choice", "values": choices} for g in GROUPS}
-    space = work / f"search_r{rank}.yaml"
-    space.write_text(yaml.safe_dump(doc, sort_keys=False))
+    space = write_space(doc, work, f"search_r{rank}")
     summary = work / f"search_r{rank}.json"
     cmd = [sys.executable, "-m", "platform.tune", str(space), *args.overrides, f"search.num_samples={args.search_trials}",
            "search.max_concurrent=2", "search.scheduler.type=fifo", f"train.seed={args.search_seed}",
@@ -118,19 +126,23 @@ def search(args, study_file: Path, rank: int, budget: int, alpha: float, work: P
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ranks", type=int, nargs="+", default=[2, 8], help="the budgets, as uniform ranks")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--steps", type=int, default=14, help="steps per epoch")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--full-lr", type=float, default=3e-4, help="full fine-tuning's learning rate")
+    p.add_argument("--full-lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3],
+                   help="full fine-tuning's learning rates, the best on the valid split kept")
+    p.add_argument("--test-songs", type=int, default=7, help="songs in the test split")
+    p.add_argument("--test-seconds", type=float, default=10.0, help="seconds of each test song scored")
+    p.add_argument("--progressive-steps", type=int, default=4, help="the progressive row's gradient_steps")
     p.add_argument("--search-trials", type=int, default=6)
     p.add_argument("--search-seed", type=int, default=100, help="the search's training seed (not a row's)")
     p.add_argument("--workers", type=int, default=2, help="runs side by side, one torch thread each")
     args = p.parse_args()
     started = time.perf_counter()
 
-    from platform import preflight, promote, spaces
+    from platform import preflight, spaces
 
     work = Path(tempfile.mkdtemp(prefix="rankhouse-rank-allocation-"))
     study_file = ROOT / "search_spaces" / "techhouse.yaml"
@@ -148,14 +160,30 @@ def main() -> None:
     import torch
 
     plain = loop.base_model(cfg)  # new heads from their parents, no adapter
-    # registry.holdout: another seed's corpus, read as a bundle of this study would be
-    held = promote.holdout(study, study.task.manifest(cfg, plain.base))
-    print(f"holdout: {held.description}", flush=True)
+    held = open_test_split(study_file, study.task.manifest(cfg, plain.base), args.test_songs, args.test_seconds)
+    print(f"test split: {held.description}", flush=True)
     from trainables.separation import evaluate_tracks
 
-    base_holdout = evaluate_tracks(plain.model, held.data, sources, plain.base.samplerate,
-                                   float(cfg["data"]["segment"]), torch.device("cpu"), held.max_seconds)["valid/sdr"]
-    holdout_path = str(held.data.path)
+    base_test = evaluate_tracks(plain.model, held.data, sources, plain.base.samplerate,
+                                float(cfg["data"]["segment"]), torch.device("cpu"), held.max_seconds)["valid/sdr"]
+
+    def job(method: str, budget: int | None, c: dict) -> dict:
+        return {"method": method, "budget": budget, "cfg": c, "test": str(held.data.path),
+                "test_seconds": held.max_seconds}
+
+    def full(seed: int, lr: float) -> dict:
+        c = copy.deepcopy(cfg)
+        c["lora"], c["train"]["seed"], c["optim"]["lr"] = None, seed, lr
+        return job("full", None, c)
+
+    ctx = multiprocessing.get_context("spawn")
+    print(f"full fine-tuning's learning rate: {args.full_lrs} at seed {args.search_seed}, kept on valid SDR",
+          flush=True)
+    with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
+        tried = pool.map(run_one, [full(args.search_seed, lr) for lr in args.full_lrs])
+    for lr, r in zip(args.full_lrs, tried):
+        print(f"  lr {lr:g}: valid {r['valid_sdr']:.3f}", flush=True)
+    full_lr = max(zip(args.full_lrs, tried), key=lambda t: t[1]["valid_sdr"])[0]
 
     jobs, plans = [], {}
     for rank in args.ranks:
@@ -171,6 +199,8 @@ def main() -> None:
         plans[rank] = {"uniform": {**lora_base, "rank_mode": "uniform"},
                        "heuristic": {**lora_base, "rank": h, "rank_mode": "heuristic"},
                        "gradient": {**lora_base, "rank_mode": "gradient"},
+                       "progressive": {**lora_base, "rank_mode": "gradient",
+                                       "gradient_steps": args.progressive_steps},
                        "searched": {**lora_base, "rank_mode": "custom", "layer_ranks": found}}
         print(f"budget {budget} (uniform rank {rank}): heuristic base rank {h}; searched {found}", flush=True)
     for seed in range(args.seeds):
@@ -178,26 +208,36 @@ def main() -> None:
             for method, lora_cfg in methods.items():
                 c = copy.deepcopy(cfg)
                 c["lora"], c["train"]["seed"] = lora_cfg, seed
-                jobs.append({"method": method, "budget": rank, "cfg": c, "holdout": holdout_path,
-                             "holdout_seconds": held.max_seconds})
-        c = copy.deepcopy(cfg)
-        c["lora"], c["train"]["seed"], c["optim"]["lr"] = None, seed, args.full_lr
-        jobs.append({"method": "full", "budget": None, "cfg": c, "holdout": holdout_path,
-                     "holdout_seconds": held.max_seconds})
-    print(f"{len(jobs)} runs, {args.workers} at a time", flush=True)
+                jobs.append(job(method, rank, c))
+        jobs.append(full(seed, full_lr))
+    print(f"{len(jobs)} runs, {args.workers} at a time; full fine-tuning at lr {full_lr:g}", flush=True)
     results = []
-    ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
         for i, r in enumerate(pool.imap_unordered(run_one, jobs), 1):
             results.append(r)
-            print(f"  [{i}/{len(jobs)}] {r['method']:<9} budget {r['budget']} seed {r['seed']}: holdout "
-                  f"{r['holdout_sdr']:.3f} valid {r['valid_sdr']:.3f} ({r['trainable']} trainable)", flush=True)
+            print(f"  [{i}/{len(jobs)}] {r['method']:<11} budget {r['budget']} seed {r['seed']}: test "
+                  f"{r['test_sdr']:.3f} valid {r['valid_sdr']:.3f} ({r['trainable']} trainable)", flush=True)
     (work / "results.json").write_text(json.dumps(results, indent=1))
-    table(results, plans, base_sdr, base_holdout, args)
+    table(results, plans, base_sdr, base_test, full_lr, args)
     print(f"\nresults: {work / 'results.json'}; {(time.perf_counter() - started) / 60:.1f} min")
 
 
-def table(results: list[dict], plans: dict, base_sdr: float, base_holdout: float, args) -> None:
+def paired_gain(rows: list[dict], reference: list[dict], key: str, comparisons: int = 1) -> tuple[float, float, float]:
+    """Mean of the per-seed differences ``rows - reference`` and its t interval: 95%, or with
+    ``comparisons`` > 1 Bonferroni's (each at 95% / comparisons), so that one of several
+    intervals clearing 0 still means 95%."""
+    from scipy import stats  # museval's dependency
+
+    by_seed = {r["seed"]: r[key] for r in reference}
+    diffs = [r[key] - by_seed[r["seed"]] for r in rows if r["seed"] in by_seed]
+    mean = statistics.mean(diffs)
+    if len(diffs) < 2:
+        return mean, float("nan"), float("nan")
+    half = stats.t.ppf(1 - 0.025 / comparisons, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return mean, mean - half, mean + half
+
+
+def table(results: list[dict], plans: dict, base_sdr: float, base_test: float, full_lr: float, args) -> None:
     from trainables.family import get_family
 
     base_bytes = get_family("htdemucs").embedded.stat().st_size
@@ -211,32 +251,40 @@ def table(results: list[dict], plans: dict, base_sdr: float, base_holdout: float
     def sd(rows, key):
         return statistics.stdev(r[key] for r in rows) if len(rows) > 1 else 0.0
 
-    print(f"\nbase (no adapter): holdout SDR {base_holdout:.3f}, valid SDR {base_sdr:.3f}; "
-          f"{args.epochs} epochs x {args.steps} steps of batch {args.batch_size} per run, {args.seeds} seeds")
-    head = (f"{'budget':>8} {'method':<10} {'trainable':>10} {'holdout SDR':>15} {'valid SDR':>10} "
-            f"{'vs uniform':>10} {'step/full':>9} {'mem/full':>8} {'size/base':>9}")
+    print(f"\nbase (no adapter): test SDR {base_test:.3f}, valid SDR {base_sdr:.3f}; {args.epochs} epochs x "
+          f"{args.steps} steps of batch {args.batch_size} per run, {args.seeds} paired seeds; test split: "
+          f"{args.test_songs} songs of render seed {TEST_SEED}")
+    head = (f"{'budget':>8} {'method':<11} {'trainable':>10} {'test SDR':>15} {'valid SDR':>10} "
+            f"{'vs uniform [95% CI]':>24} {'step/full':>9} {'mem/full':>8} {'size/base':>9}")
     print(head)
     print("-" * len(head))
     verdicts = []
     for rank in plans:
         rows = {m: [r for r in results if r["method"] == m and r["budget"] == rank] for m in plans[rank]}
-        uniform = mean(rows["uniform"], "holdout_sdr")
         budget = max(r["trainable"] for r in rows["uniform"])
         for method, rs in rows.items():
-            print(f"{budget:>8} {method:<10} {mean(rs, 'trainable'):>10.0f} "
-                  f"{mean(rs, 'holdout_sdr'):>8.3f} ±{sd(rs, 'holdout_sdr'):.3f} {mean(rs, 'valid_sdr'):>10.3f} "
-                  f"{mean(rs, 'holdout_sdr') - uniform:>+10.3f} {mean(rs, 'step_s') / full_step:>9.2f} "
+            gain, lo, hi = paired_gain(rs, rows["uniform"], "test_sdr")
+            interval = "" if method == "uniform" else f"{gain:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+            print(f"{budget:>8} {method:<11} {mean(rs, 'trainable'):>10.0f} "
+                  f"{mean(rs, 'test_sdr'):>8.3f} ±{sd(rs, 'test_sdr'):.3f} {mean(rs, 'valid_sdr'):>10.3f} "
+                  f"{interval:>24} {mean(rs, 'step_s') / full_step:>9.2f} "
                   f"{mean(rs, 'peak_mb') / full_mem:>8.2f} {mean(rs, 'bytes') / base_bytes:>8.1%}")
-        best = max((m for m in rows if m != "uniform"), key=lambda m: mean(rows[m], "holdout_sdr"))
-        verdicts.append((budget, best, mean(rows[best], "holdout_sdr") - uniform))
-    print(f"{'':>8} {'full':<10} {mean(full, 'trainable'):>10.0f} {mean(full, 'holdout_sdr'):>8.3f} "
-          f"±{sd(full, 'holdout_sdr'):.3f} {mean(full, 'valid_sdr'):>10.3f} {'':>10} {1:>9.2f} {1:>8.2f} "
-          f"{mean(full, 'bytes') / base_bytes:>8.1%}")
-    print("(step/full, mem/full: a run's median train step time and peak memory over full fine-tuning's; "
+            if method != "uniform":
+                verdicts.append((budget, method, rs, rows["uniform"]))
+    print(f"{'':>8} {'full':<11} {mean(full, 'trainable'):>10.0f} {mean(full, 'test_sdr'):>8.3f} "
+          f"±{sd(full, 'test_sdr'):.3f} {mean(full, 'valid_sdr'):>10.3f} {f'(lr {full_lr:g})':>24} {1:>9.2f} "
+          f"{1:>8.2f} {mean(full, 'bytes') / base_bytes:>8.1%}")
+    print("(vs uniform: the mean per-seed test SDR difference, with its 95% t interval over the paired seeds; "
+          "step/full, mem/full: a run's median train step time and peak memory over full fine-tuning's; "
           "size/base: the saved adapter or model over the embedded base's safetensors)")
-    for budget, best, gain in verdicts:
-        print(f"target at budget {budget}: best non-uniform ({best}) {gain:+.3f} dB over uniform "
-              f"(target >= +0.30): {'met' if gain >= 0.3 else 'NOT met'}")
+    # the target asks whether any of these comparisons wins: Bonferroni over all of them
+    corrected = [(b, m, *paired_gain(rs, uniform, "test_sdr", len(verdicts))) for b, m, rs, uniform in verdicts]
+    met = [v for v in corrected if v[2] >= 0.3 and v[3] > 0]
+    best = max(corrected, key=lambda v: v[2])
+    print(f"target: an allocation >= +0.30 dB over uniform with an interval above 0 (Bonferroni over "
+          f"{len(corrected)} comparisons), at one budget at least: "
+          + (f"{met[0][1]} at budget {met[0][0]}, {met[0][2]:+.3f} [{met[0][3]:+.3f}, {met[0][4]:+.3f}] (met)" if met
+             else f"best {best[1]} at budget {best[0]}, {best[2]:+.3f} [{best[3]:+.3f}, {best[4]:+.3f}] (NOT met)"))
     lora_rows = [r for r in results if r["method"] != "full"]
     step = max(mean([r for r in lora_rows if r["method"] == m and r["budget"] == b], "step_s")
                for b in plans for m in plans[b])
