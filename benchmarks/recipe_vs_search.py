@@ -32,7 +32,6 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.heldout import TEST_SEED, open_test_split
-from benchmarks.study_files import write_space
+from benchmarks.study_files import run_search, write_space
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "search_spaces" / "techhouse.yaml"
@@ -98,19 +97,6 @@ def single_trial_space(work: Path, arm: str, fixed: dict) -> Path:
     return write_space(doc, work / "spaces", arm)
 
 
-def tune(space: Path, overrides: list[str], out: Path) -> dict:
-    summary = out / "summary.json"
-    cmd = [sys.executable, "-m", "platform.tune", str(space), *overrides, f"tracking.output={out}",
-           "--json", str(summary)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    result = json.loads(summary.read_text())
-    if result["best"] is None:
-        raise SystemExit(f"{summary}: no trial kept an adapter (every trial failed or stopped before an epoch)")
-    return result
-
-
 def score_on_test_split(adapters: dict[str, tuple[str, str]], args, work: Path,
                         with_base: bool) -> dict[str, dict[str, float]]:
     """museval on the test split for every arm's adapter (and the base), in one pool."""
@@ -142,7 +128,7 @@ def commit() -> str:
 def run_seed(seed: int, args, work: Path, base_test: float | None) -> list[dict]:
     train = [f"train.steps_per_epoch={args.steps}", f"train.seed={seed}", f"search.seed={seed}"]
     started = time.perf_counter()
-    searched = tune(STUDY, [*train, f"search.num_samples={args.trials}", f"train.epochs={args.epochs}"],
+    searched = run_search(STUDY, [*train, f"search.num_samples={args.trials}", f"train.epochs={args.epochs}"],
                     work / f"search-seed{seed}")
     budget = sum(t["epochs"] for t in searched["trials"])
     rows = [{"arm": "search", "seed": seed, "epochs": budget, "valid": searched["best"]["best"],
@@ -155,7 +141,7 @@ def run_seed(seed: int, args, work: Path, base_test: float | None) -> list[dict]
     cfg = preflight.resolve_data(spaces.load(STUDY, train))
     for arm, fixed in arms(recipe_ranks(cfg)).items():
         started = time.perf_counter()
-        s = tune(single_trial_space(work, arm, fixed),
+        s = run_search(single_trial_space(work, arm, fixed),
                  [*train, "search.num_samples=1", "search.max_concurrent=1", "search.scheduler.type=fifo",
                   f"train.epochs={budget}", "resources.cpus_per_worker=2"], work / f"{arm}-seed{seed}")
         rows.append({"arm": arm, "seed": seed, "epochs": s["trials"][0]["epochs"], "valid": s["best"]["best"],

@@ -33,13 +33,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.heldout import TEST_SEED, open_test_split
+from benchmarks import study_files
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "search_spaces" / "techhouse.yaml"
@@ -59,19 +58,11 @@ REFERENCE = "random"
 
 def run_search(method: str, seed: int, args, work: Path) -> dict:
     out = work / f"{method}-seed{seed}"
-    summary = out / "summary.json"
-    cmd = [sys.executable, "-m", "platform.tune", str(STUDY),
-           f"search.num_samples={args.trials}", "search.max_concurrent=2", f"search.seed={seed}", *METHODS[method],
-           f"train.epochs={args.epochs}", f"train.steps_per_epoch={args.steps}", f"train.batch_size={args.batch}",
-           f"train.valid_max_seconds={args.valid_seconds}",
-           "resources.cpus_per_worker=1.0", f"tracking.output={out}", "--json", str(summary)]
     started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{method} seed {seed} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    s = json.loads(summary.read_text())
-    if s["best"] is None:
-        raise SystemExit(f"{method} seed {seed}: no trial kept an adapter ({summary})")
+    s = study_files.run_search(STUDY, [
+        f"search.num_samples={args.trials}", "search.max_concurrent=2", f"search.seed={seed}", *METHODS[method],
+        f"train.epochs={args.epochs}", f"train.steps_per_epoch={args.steps}", f"train.batch_size={args.batch}",
+        f"train.valid_max_seconds={args.valid_seconds}", "resources.cpus_per_worker=1.0"], out)
     return {"method": method, "seed": seed, "best": s["best"]["best"],
             "test": test_sdr(s["tracking_uri"], s["best"]["run_id"], args, out / "best-adapter"),
             "epochs": sum(t["epochs"] for t in s["trials"]), "trials": len(s["trials"]),

@@ -1,16 +1,21 @@
-"""Search-space files a benchmark derives from a shipped one (a fixed arm, a narrowed search).
+"""Search-space files a benchmark derives from a shipped one (a fixed arm, a narrowed search),
+and ``python -m platform.tune`` run on one as a user runs it.
 
 A shipped space composes ``search_spaces/shared/`` through ``defaults:``, which Hydra resolves
 beside the file, so a derived file is written into a folder holding a copy of ``shared/``."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
 
-SHIPPED = Path(__file__).resolve().parents[1] / "search_spaces"
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "search_spaces"
 
 
 def write_space(doc: dict, folder: Path, name: str) -> Path:
@@ -21,3 +26,18 @@ def write_space(doc: dict, folder: Path, name: str) -> Path:
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def run_search(space: Path, overrides: list[str], out: Path) -> dict:
+    """``python -m platform.tune space overrides`` into ``out``: its summary, which must name a
+    best trial with an adapter. A failure stops the benchmark with the command's output."""
+    summary = out / "summary.json"
+    cmd = [sys.executable, "-m", "platform.tune", str(space), *overrides, f"tracking.output={out}",
+           "--json", str(summary)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    result = json.loads(summary.read_text())
+    if result["best"] is None:
+        raise SystemExit(f"{summary}: no trial kept an adapter (every trial failed or stopped before an epoch)")
+    return result
