@@ -28,6 +28,8 @@ with like. LoRA uses rsLoRA scaling with alpha = 2 sqrt(R): one alpha means the 
 whatever rank a module ends with.
 
     .venv/bin/python -m benchmarks.rank_allocation                (from the repository root)
+    .venv/bin/python -m benchmarks.rank_allocation --epochs 12 --out runs/rank-allocation
+                  (a measurement in parts: every finished run is kept there; the same command goes on)
     .venv/bin/python -m benchmarks.rank_allocation --ranks 2 --seeds 1 --epochs 1 --steps 4   (a smoke run)
 """
 
@@ -35,21 +37,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import multiprocessing
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import kept_results
 from benchmarks.heldout import TEST_SEED, open_test_split
-from benchmarks.study_files import write_space
+from benchmarks.study_files import run_search, write_space
 
 ROOT = Path(__file__).resolve().parents[1]
+PLAN = "plan.json"  # in --out: what every seed's runs share
 GROUPS = ["encoder.*", "tencoder.*", "crosstransformer.*", "decoder.*", "tdecoder.*"]
 
 
@@ -83,6 +84,7 @@ def run_one(job: dict) -> dict:
         saved = sum(f.stat().st_size for f in Path(tmp).rglob("*.safetensors"))
     return {"method": job["method"], "budget": job["budget"], "seed": cfg["train"]["seed"],
             "test_sdr": scores["valid/sdr"], "valid_sdr": reports[-1]["valid/sdr"],
+            "curve": [r["valid/sdr"] for r in reports],
             "trainable": sum(p.numel() for p in setup.model.parameters() if p.requires_grad),
             "step_s": statistics.median(r["time/train_step_s"] for r in reports),
             "peak_mb": (peak - before) / 1024, "bytes": saved, "rank_sum": sum(setup.ranks.values())}
@@ -107,20 +109,25 @@ def search(args, study_file: Path, rank: int, budget: int, alpha: float, work: P
     doc["budget"] = {"max_trainable_params": budget}
     doc["search"]["space"] = {f'lora.layer_ranks."{g}"': {"type": "choice", "values": choices} for g in GROUPS}
     space = write_space(doc, work, f"search_r{rank}")
-    summary = work / f"search_r{rank}.json"
-    cmd = [sys.executable, "-m", "platform.tune", str(space), *args.overrides, f"search.num_samples={args.search_trials}",
-           "search.max_concurrent=2", "search.scheduler.type=fifo", f"train.seed={args.search_seed}",
-           "resources.cpus_per_worker=1.0", f"tracking.output={work / f'search_r{rank}'}", "--json", str(summary)]
     print(f"search at budget {budget} (uniform rank {rank}): {args.search_trials} trials, ranks from {choices}",
           flush=True)
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"the search at rank {rank} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    best = json.loads(summary.read_text())["best"]
+    summary = run_search(space, [*args.overrides, f"search.num_samples={args.search_trials}", "search.max_concurrent=2",
+                                 "search.scheduler.type=fifo", f"train.seed={args.search_seed}",
+                                 "resources.cpus_per_worker=1.0"], work / f"search_r{rank}")
+    best = summary["best"]
     found = {k.split('"')[1]: v for k, v in best["config"].items() if k.startswith("lora.layer_ranks")}
-    rejected = len(json.loads(summary.read_text()).get("rejected", []))
-    print(f"  best: {found} valid/sdr {best['best']:.3f}; {rejected} samples rejected over budget", flush=True)
+    print(f"  best: {found} valid/sdr {best['best']:.3f}; {len(summary.get('rejected', []))} samples rejected "
+          "over budget", flush=True)
     return found
+
+
+SETTINGS = ("ranks", "epochs", "steps", "batch_size", "lr", "full_lrs", "test_songs", "test_seconds",
+            "progressive_steps", "search_trials", "search_seed")
+
+
+def settings(args) -> dict:
+    """What kept runs must share with this one to sit in its table (more seeds extend it)."""
+    return {k: getattr(args, k) for k in SETTINGS}
 
 
 def main() -> None:
@@ -139,12 +146,17 @@ def main() -> None:
     p.add_argument("--search-trials", type=int, default=6)
     p.add_argument("--search-seed", type=int, default=100, help="the search's training seed (not a row's)")
     p.add_argument("--workers", type=int, default=2, help="runs side by side, one torch thread each")
+    p.add_argument("--out", type=Path, help="the work folder; one holding an earlier run's results keeps its "
+                                           "plan (searches, full fine-tuning's lr) and finished runs, and runs "
+                                           "the rest (default: a new temporary folder)")
     args = p.parse_args()
     started = time.perf_counter()
+    work = args.out or Path(tempfile.mkdtemp(prefix="rankhouse-rank-allocation-"))
+    rows = kept_results.load(work, settings(args))
+    kept_plan = kept_results.load(work, settings(args), PLAN)
 
     from platform import preflight, spaces
 
-    work = Path(tempfile.mkdtemp(prefix="rankhouse-rank-allocation-"))
     study_file = ROOT / "search_spaces" / "techhouse.yaml"
     args.overrides = [f"train.epochs={args.epochs}", f"train.steps_per_epoch={args.steps}", f"train.batch_size={args.batch_size}",
                       f"optim.lr={args.lr}", "optim.schedule=cosine", "optim.warmup=0.0", "train.valid_max_seconds=8.0",
@@ -153,19 +165,12 @@ def main() -> None:
     study.params = []
     prepared = preflight.prepare(study)  # renders, checks and caches the corpus; scores the base
     cfg = prepared.config
-    base_sdr = prepared.base_metrics["valid/sdr"]
-    sources = cfg["data"]["sources"]
     from trainables import loop
-
-    import torch
 
     plain = loop.base_model(cfg)  # new heads from their parents, no adapter
     held = open_test_split(study_file, study.task.manifest(cfg, plain.base), args.test_songs, args.test_seconds)
     print(f"test split: {held.description}", flush=True)
-    from trainables.separation import evaluate_tracks
-
-    base_test = evaluate_tracks(plain.model, held.data, sources, plain.base.samplerate,
-                                float(cfg["data"]["segment"]), torch.device("cpu"), held.max_seconds)["valid/sdr"]
+    ctx = multiprocessing.get_context("spawn")
 
     def job(method: str, budget: int | None, c: dict) -> dict:
         return {"method": method, "budget": budget, "cfg": c, "test": str(held.data.path),
@@ -176,7 +181,48 @@ def main() -> None:
         c["lora"], c["train"]["seed"], c["optim"]["lr"] = None, seed, lr
         return job("full", None, c)
 
-    ctx = multiprocessing.get_context("spawn")
+    if kept_plan:
+        plan = kept_plan[0]
+        print(f"{work / PLAN}: the plan kept from an earlier run (full fine-tuning at lr {plan['full_lr']:g}, "
+              f"{len(rows)} runs done)", flush=True)
+    else:
+        plan = make_plan(args, cfg, plain, held, prepared.base_metrics["valid/sdr"], study_file, work, ctx, full)
+        kept_results.save(work, [plan], PLAN)
+    plans = {int(rank): methods for rank, methods in plan["plans"].items()}
+
+    done = {(r["method"], r["budget"], r["seed"]) for r in rows}
+    jobs = []
+    for seed in range(args.seeds):
+        for rank, methods in plans.items():
+            for method, lora_cfg in methods.items():
+                if (method, rank, seed) not in done:
+                    c = copy.deepcopy(cfg)
+                    c["lora"], c["train"]["seed"] = lora_cfg, seed
+                    jobs.append(job(method, rank, c))
+        if ("full", None, seed) not in done:
+            jobs.append(full(seed, plan["full_lr"]))
+    print(f"{len(jobs)} runs to go ({len(rows)} kept), {args.workers} at a time; full fine-tuning at lr "
+          f"{plan['full_lr']:g}", flush=True)
+    code = kept_results.commit()
+    with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
+        for i, r in enumerate(pool.imap_unordered(run_one, jobs), 1):
+            rows.append({**r, "settings": settings(args), "commit": code})
+            kept_results.save(work, rows)  # a killed benchmark keeps every finished run
+            print(f"  [{i}/{len(jobs)}] {r['method']:<11} budget {r['budget']} seed {r['seed']}: test "
+                  f"{r['test_sdr']:.3f} valid {r['valid_sdr']:.3f} ({r['trainable']} trainable)", flush=True)
+    table(rows, plans, plan, args)
+    print(f"\nresults: {work / kept_results.FILE}; {(time.perf_counter() - started) / 60:.1f} min")
+
+
+def make_plan(args, cfg: dict, plain, held, base_sdr: float, study_file: Path, work: Path, ctx, full) -> dict:
+    """What every seed's runs share: the base's scores, full fine-tuning's lr (searched on the valid
+    split) and each budget's allocations, the searched one found by the platform's own search."""
+    import torch
+
+    from trainables.separation import evaluate_tracks
+
+    base_test = evaluate_tracks(plain.model, held.data, cfg["data"]["sources"], plain.base.samplerate,
+                                float(cfg["data"]["segment"]), torch.device("cpu"), held.max_seconds)["valid/sdr"]
     print(f"full fine-tuning's learning rate: {args.full_lrs} at seed {args.search_seed}, kept on valid SDR",
           flush=True)
     with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
@@ -184,8 +230,7 @@ def main() -> None:
     for lr, r in zip(args.full_lrs, tried):
         print(f"  lr {lr:g}: valid {r['valid_sdr']:.3f}", flush=True)
     full_lr = max(zip(args.full_lrs, tried), key=lambda t: t[1]["valid_sdr"])[0]
-
-    jobs, plans = [], {}
+    plans = {}
     for rank in args.ranks:
         alpha = round(2 * math.sqrt(rank), 4)
         lora_base = {"rank": rank, "alpha": alpha, "scaling": "rslora"}
@@ -203,23 +248,8 @@ def main() -> None:
                                        "gradient_steps": args.progressive_steps},
                        "searched": {**lora_base, "rank_mode": "custom", "layer_ranks": found}}
         print(f"budget {budget} (uniform rank {rank}): heuristic base rank {h}; searched {found}", flush=True)
-    for seed in range(args.seeds):
-        for rank, methods in plans.items():
-            for method, lora_cfg in methods.items():
-                c = copy.deepcopy(cfg)
-                c["lora"], c["train"]["seed"] = lora_cfg, seed
-                jobs.append(job(method, rank, c))
-        jobs.append(full(seed, full_lr))
-    print(f"{len(jobs)} runs, {args.workers} at a time; full fine-tuning at lr {full_lr:g}", flush=True)
-    results = []
-    with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
-        for i, r in enumerate(pool.imap_unordered(run_one, jobs), 1):
-            results.append(r)
-            print(f"  [{i}/{len(jobs)}] {r['method']:<11} budget {r['budget']} seed {r['seed']}: test "
-                  f"{r['test_sdr']:.3f} valid {r['valid_sdr']:.3f} ({r['trainable']} trainable)", flush=True)
-    (work / "results.json").write_text(json.dumps(results, indent=1))
-    table(results, plans, base_sdr, base_test, full_lr, args)
-    print(f"\nresults: {work / 'results.json'}; {(time.perf_counter() - started) / 60:.1f} min")
+    return {"settings": settings(args), "commit": kept_results.commit(), "base_sdr": base_sdr,
+            "base_test": base_test, "full_lr": full_lr, "plans": plans}
 
 
 def paired_gain(rows: list[dict], reference: list[dict], key: str, comparisons: int = 1) -> tuple[float, float, float]:
@@ -237,8 +267,18 @@ def paired_gain(rows: list[dict], reference: list[dict], key: str, comparisons: 
     return mean, mean - half, mean + half
 
 
-def table(results: list[dict], plans: dict, base_sdr: float, base_test: float, full_lr: float, args) -> None:
+def table(results: list[dict], plans: dict, plan: dict, args) -> None:
+    """The table over the seeds every row has finished (a run in parts may have more of some)."""
     from trainables.family import get_family
+
+    keys = {(m, b) for b in plans for m in plans[b]} | {("full", None)}
+    complete = [s for s in sorted({r["seed"] for r in results})
+                if keys <= {(r["method"], r["budget"]) for r in results if r["seed"] == s}]
+    if not complete:
+        print(f"\nno seed has every row yet ({len(results)} runs done): run the same command again to go on")
+        return
+    results = [r for r in results if r["seed"] in complete]
+    base_sdr, base_test, full_lr = plan["base_sdr"], plan["base_test"], plan["full_lr"]
 
     base_bytes = get_family("htdemucs").embedded.stat().st_size
     full = [r for r in results if r["method"] == "full"]
@@ -252,7 +292,7 @@ def table(results: list[dict], plans: dict, base_sdr: float, base_test: float, f
         return statistics.stdev(r[key] for r in rows) if len(rows) > 1 else 0.0
 
     print(f"\nbase (no adapter): test SDR {base_test:.3f}, valid SDR {base_sdr:.3f}; {args.epochs} epochs x "
-          f"{args.steps} steps of batch {args.batch_size} per run, {args.seeds} paired seeds; test split: "
+          f"{args.steps} steps of batch {args.batch_size} per run, {len(complete)} paired seeds; test split: "
           f"{args.test_songs} songs of render seed {TEST_SEED}")
     head = (f"{'budget':>8} {'method':<11} {'trainable':>10} {'test SDR':>15} {'valid SDR':>10} "
             f"{'vs uniform [95% CI]':>24} {'step/full':>9} {'mem/full':>8} {'size/base':>9}")
@@ -285,6 +325,13 @@ def table(results: list[dict], plans: dict, base_sdr: float, base_test: float, f
           f"{len(corrected)} comparisons), at one budget at least: "
           + (f"{met[0][1]} at budget {met[0][0]}, {met[0][2]:+.3f} [{met[0][3]:+.3f}, {met[0][4]:+.3f}] (met)" if met
              else f"best {best[1]} at budget {best[0]}, {best[2]:+.3f} [{best[3]:+.3f}, {best[4]:+.3f}] (NOT met)"))
+    for rank in plans:  # has uniform stopped improving? Its valid SDR, epoch by epoch
+        curves = [r["curve"] for r in results if r["method"] == "uniform" and r["budget"] == rank]
+        by_epoch = [statistics.mean(c[e] for c in curves) for e in range(min(map(len, curves)))]
+        quarter = max(1, len(by_epoch) // 4)
+        print(f"plateau: uniform rank {rank}, mean valid SDR by epoch "
+              f"{' '.join(f'{v:.2f}' for v in by_epoch)}; its last {quarter} epoch(s) gained "
+              f"{by_epoch[-1] - by_epoch[-1 - quarter] if len(by_epoch) > quarter else float('nan'):+.3f} dB")
     lora_rows = [r for r in results if r["method"] != "full"]
     step = max(mean([r for r in lora_rows if r["method"] == m and r["budget"] == b], "step_s")
                for b in plans for m in plans[b])

@@ -29,15 +29,14 @@ valid data are the same in every arm. Targets, in every seed: the search beats t
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
+from benchmarks import kept_results
 from benchmarks.heldout import TEST_SEED, open_test_split
 from benchmarks.study_files import run_search, write_space
 
@@ -117,14 +116,6 @@ def settings(args) -> dict:
     return {k: getattr(args, k) for k in ("trials", "epochs", "steps", "test_songs", "test_seconds")}
 
 
-def commit() -> str:
-    """The code a row was measured on (a seed kept from an earlier run may be of other code)."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "platform", "trainables", "search_spaces",
-                            "benchmarks"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return head.stdout.strip() + ("+changes" if dirty else "")
-
-
 def run_seed(seed: int, args, work: Path, base_test: float | None) -> list[dict]:
     train = [f"train.steps_per_epoch={args.steps}", f"train.seed={seed}", f"search.seed={seed}"]
     started = time.perf_counter()
@@ -151,7 +142,7 @@ def run_seed(seed: int, args, work: Path, base_test: float | None) -> list[dict]
     # the base's score is the same in every seed: scored once
     scores = score_on_test_split({r["arm"]: r["run"] for r in rows}, args, work / f"scores-seed{seed}",
                                  with_base=base_test is None)
-    code = commit()
+    code = kept_results.commit()
     for r in rows:
         r["test"], r["sources"] = scores[r["arm"]]["sdr"], scores[r["arm"]]
         r["base_test"], r["commit"] = scores["base"]["sdr"] if base_test is None else base_test, code
@@ -174,9 +165,7 @@ def table(rows: list[dict], seeds: list[int]) -> None:
     base = rows[0]["base_test"]
     print(f"\ntest split: embedded tech-house, seed {TEST_SEED}; base (no adapter) test SDR {base:.3f}; "
           f"seeds {seeds}; each single trial trains the epochs its seed's search consumed")
-    commits = sorted({r["commit"] for r in rows})
-    print(f"code: {', '.join(commits)}" + (" (seeds measured on different code: compare with care)"
-                                           if len(commits) > 1 else ""))
+    print(kept_results.code_line(rows))
     head = f"{'arm':<12} {'test SDR':>16} {'search minus arm':>17} {'valid SDR':>10} {'epochs':>7} {'minutes':>8}"
     print(head)
     print("-" * len(head))
@@ -213,23 +202,16 @@ def main() -> None:
     args = p.parse_args()
     work = args.out or Path(tempfile.mkdtemp(prefix="rankhouse-recipe-vs-search-"))
     work.mkdir(parents=True, exist_ok=True)
-    results = work / "results.json"
-    rows = json.loads(results.read_text()) if results.is_file() else []
+    rows = kept_results.load(work, settings(args))
     kept = sorted({r["seed"] for r in rows})
-    other = {json.dumps(r["settings"], sort_keys=True) for r in rows} - {json.dumps(settings(args), sort_keys=True)}
-    if other:
-        raise SystemExit(f"{results}: its seeds were run with {other.pop()}, not {settings(args)}; "
-                         "pass the same options or another --out")
     if kept:
-        print(f"{results}: seeds {kept} kept from an earlier run", flush=True)
+        print(f"{work / kept_results.FILE}: seeds {kept} kept from an earlier run", flush=True)
     started = time.perf_counter()
     for seed in args.seeds:
         if seed in kept:
             continue
         rows += run_seed(seed, args, work, rows[0]["base_test"] if rows else None)
-        tmp = results.with_suffix(".part")
-        tmp.write_text(json.dumps(rows, indent=1))
-        tmp.replace(results)  # a run killed mid-write keeps the seeds it finished
+        kept_results.save(work, rows)
     table(rows, sorted({r["seed"] for r in rows}))
     print(f"\nresults: {work / 'results.json'}; {(time.perf_counter() - started) / 60:.1f} min")
 
