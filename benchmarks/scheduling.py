@@ -31,6 +31,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# the platform arm's stages: its parent run (and the MLflow store's creation), Tuner.fit, closing
+# the runs Tune ended, the summary, the study's plots
+PLATFORM_STAGES = ("parent", "search", "close", "summary", "plots")
 
 # synthetic_epoch, synthetic_train and tune_alone_trial run in Ray's trial processes. This file
 # runs as ``__main__``, so Ray ships them by value; they must not reach for ``platform`` (the
@@ -176,19 +179,27 @@ def main() -> None:
 
     def run_platform(out: Path) -> dict:
         out.mkdir(parents=True)
-        started = time.perf_counter()
+        stages, started = {}, time.perf_counter()
+
+        def stage(name: str) -> None:  # seconds since the previous stage ended
+            stages[name] = time.perf_counter() - started - sum(stages.values())
+
         uri = study_runs.tracking_uri(study, out)
         _, exp_id, parent_id = study_runs.start_parent(uri, study, prepared, out)
+        stage("parent")
         results = tune.run_search(study, prepared, out, uri, exp_id, parent_id, train=synthetic_train)
-        fit = time.perf_counter() - started
+        stage("search")
         tune.close_child_runs(study, results, uri, exp_id, parent_id)
+        stage("close")
         summary = summarize(study, results, prepared, uri, study.name, exp_id, parent_id)
+        stage("summary")
         report.study_plots(summary, uri, parent_id, study_runs.optuna_storage_url(study, out),
                            study_runs.optuna_study_name(study, parent_id), out / "plots")
+        stage("plots")
         wall = time.perf_counter() - started
         reports = sum(t["epochs"] for t in summary["trials"])
-        return {"wall": wall, "fit": fit, "trials": len(summary["trials"]), "reports": reports,
-                "records": mlflow_records(uri)}
+        return {"wall": wall, "fit": stages["parent"] + stages["search"], "trials": len(summary["trials"]),
+                "reports": reports, "records": mlflow_records(uri), **stages}
 
     ray_session.launch_ray(work)
     rows: dict[str, list[dict]] = {"tune": [], "platform": []}
@@ -213,6 +224,8 @@ def main() -> None:
         wall = med(arm, "wall")
         print(f"| {arm} | {wall:.1f} | {med(arm, 'fit'):.1f} | {60 * med(arm, 'trials') / wall:.0f} | "
               f"{med(arm, 'reports') / wall:.1f} | {med(arm, 'records') / wall:.0f} | {wall / tune_wall:.2f}x |")
+    print("\nThe platform's wall time by stage (medians, s): " + ", ".join(
+        f"{name} {med('platform', name):.2f}" for name in PLATFORM_STAGES))
 
 
 if __name__ == "__main__":
