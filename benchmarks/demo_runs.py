@@ -23,14 +23,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.study_files import run_search
+
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = "search_spaces/techhouse.yaml"
 
 
-def run(cmd: list[str], writes: Path, ok=(0,)) -> dict:
-    """Run ``cmd``; the JSON it ``writes`` (a refusal, exit 1, writes one too; a crash does not)."""
+def promote_dry_run(overrides: list[str], writes: Path) -> dict:
+    """``platform.promote --dry-run``'s JSON; a refusal (exit 1) writes one too, a crash does not."""
+    cmd = [sys.executable, "-m", "platform.promote", SPACE, *overrides, "--dry-run", "--json", str(writes)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode not in ok or not writes.is_file():
+    if proc.returncode not in (0, 1) or not writes.is_file():
         raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n"
                          f"{proc.stderr[-2000:]}")
     return json.loads(writes.read_text())
@@ -38,16 +41,11 @@ def run(cmd: list[str], writes: Path, ok=(0,)) -> dict:
 
 def one(i: int, args, work: Path) -> dict:
     out = work / f"run{i}"
-    overrides = [*args.overrides, f"tracking.output={out}"]
     started = time.perf_counter()
-    s = run([sys.executable, "-m", "platform.tune", SPACE, *overrides, "--json", str(out / "summary.json")],
-            out / "summary.json")
+    s = run_search(ROOT / SPACE, args.overrides, out)
     minutes = (time.perf_counter() - started) / 60
-    if s["best"] is None:
-        raise SystemExit(f"run {i}: no trial kept an adapter ({out / 'summary.json'})")
-    # a dry run registers nothing; exit 1 is a refusal, which is a result too
-    p = run([sys.executable, "-m", "platform.promote", SPACE, *overrides, "--dry-run", "--json",
-             str(out / "promote.json")], out / "promote.json", ok=(0, 1))
+    # a dry run registers nothing; a refusal is a result too
+    p = promote_dry_run([*args.overrides, f"tracking.output={out}"], out / "promote.json")
     return {"run": i, "minutes": minutes, "base": s["base"]["metrics"], "best": s["best"]["best"],
             "best_metrics": s["best"]["metrics"], "config": s["best"]["config"],
             "epochs": sum(t["epochs"] for t in s["trials"]),
