@@ -24,6 +24,8 @@ spends. Target: an early-stopping arm that reaches random-without-stopping's bes
 better) on at most 30% of its epochs, in the mean over seeds.
 
     .venv/bin/python -m benchmarks.search_efficiency                 (from the repository root)
+    .venv/bin/python -m benchmarks.search_efficiency --out runs/search-efficiency
+                                      (in parts: every finished search is kept there; the same command goes on)
     .venv/bin/python -m benchmarks.search_efficiency --trials 4 --seeds 1 --epochs 2 --steps 2 \
         --methods tpe+asha random                                    (a smoke run)
 """
@@ -31,14 +33,13 @@ better) on at most 30% of its epochs, in the mean over seeds.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import kept_results, study_files
 from benchmarks.heldout import TEST_SEED, open_test_split
-from benchmarks import study_files
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "search_spaces" / "techhouse.yaml"
@@ -97,31 +98,45 @@ def main() -> None:
     p.add_argument("--test-seconds", type=float, default=10.0, help="seconds of each test song scored")
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=DEFAULT_METHODS,
                    help=f"the arms to run ({REFERENCE} is always run: the reference)")
+    p.add_argument("--out", type=Path, help="the work folder; one holding an earlier run's results keeps its "
+                                           "searches and runs the others (default: a new temporary folder)")
     args = p.parse_args()
     args.methods = [m for m in args.methods if m != REFERENCE] + [REFERENCE]
-    work = Path(tempfile.mkdtemp(prefix="rankhouse-search-efficiency-"))
-    started = time.perf_counter()
-    rows = []
+    work = args.out or Path(tempfile.mkdtemp(prefix="rankhouse-search-efficiency-"))
+    rows = kept_results.load(work, settings(args))
+    done = {(r["method"], r["seed"]) for r in rows}
+    if rows:
+        print(f"{work / kept_results.FILE}: {len(rows)} searches kept from an earlier run", flush=True)
+    started, code = time.perf_counter(), kept_results.commit()
     for seed in range(args.seeds):
         for method in args.methods:
+            if (method, seed) in done:
+                continue
             r = run_search(method, seed, args, work)
-            rows.append(r)
+            rows.append({**r, "settings": settings(args), "commit": code})
+            kept_results.save(work, rows)  # a killed benchmark keeps every finished search
             print(f"  {method:<12} seed {seed}: best {r['best']:.3f} dB (test {r['test']:.3f}), {r['epochs']} epochs "
                   f"over {r['trials']} trials, {r['minutes']:.1f} min", flush=True)
-    (work / "results.json").write_text(json.dumps(rows, indent=1))
-    table(rows, args)
-    print(f"\nresults: {work / 'results.json'}; {(time.perf_counter() - started) / 60:.1f} min")
+    table([r for r in rows if r["method"] in args.methods and r["seed"] < args.seeds], args)
+    print(f"\nresults: {work / kept_results.FILE}; {(time.perf_counter() - started) / 60:.1f} min")
+
+
+def settings(args) -> dict:
+    """What kept searches must share with this run to sit in its table (more seeds or methods extend it)."""
+    return {k: getattr(args, k) for k in ("trials", "epochs", "steps", "batch", "valid_seconds", "test_songs",
+                                          "test_seconds")}
 
 
 def table(rows: list[dict], args) -> None:
-    def of(method, key):
-        return [r[key] for r in rows if r["method"] == method]
+    def of(method, key):  # seed by seed, so that two methods' lists pair up
+        return [r[key] for r in sorted(rows, key=lambda r: r["seed"]) if r["method"] == method]
 
     full, reference = statistics.mean(of(REFERENCE, "epochs")), statistics.mean(of(REFERENCE, "best"))
     test_reference = statistics.mean(of(REFERENCE, "test"))
     print(f"\n{args.trials} trials per search, at most {args.epochs} epochs x {args.steps} steps per trial, "
           f"batch {args.batch}, {args.seeds} seeds; base valid SDR {rows[0]['base']:.3f}; test: the best trial's "
           f"adapter on {args.test_songs} songs of render seed {TEST_SEED}")
+    print(kept_results.code_line(rows))
     head = (f"{'method':<15} {'best SDR':>16} {'vs random':>9} {'seeds >= random':>15} {'test SDR':>16} "
             f"{'vs random':>9} {'epochs':>8} {'of random':>9} {'minutes':>8}")
     print(head)
