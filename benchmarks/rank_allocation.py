@@ -182,12 +182,10 @@ def main() -> None:
         return job("full", None, c)
 
     if kept_plan:
-        plan = kept_plan[0]
-        print(f"{work / PLAN}: the plan kept from an earlier run (full fine-tuning at lr {plan['full_lr']:g}, "
-              f"{len(rows)} runs done)", flush=True)
-    else:
-        plan = make_plan(args, cfg, plain, held, prepared.base_metrics["valid/sdr"], study_file, work, ctx, full)
-        kept_results.save(work, [plan], PLAN)
+        print(f"{work / PLAN}: kept from an earlier run: {', '.join(k for k in kept_plan[0] if k != 'settings')}; "
+              f"{len(rows)} runs done", flush=True)
+    plan = make_plan(args, cfg, plain, held, prepared.base_metrics["valid/sdr"], study_file, work, ctx, full,
+                     kept_plan[0] if kept_plan else {"settings": settings(args), "commit": kept_results.commit()})
     plans = {int(rank): methods for rank, methods in plan["plans"].items()}
 
     done = {(r["method"], r["budget"], r["seed"]) for r in rows}
@@ -214,24 +212,36 @@ def main() -> None:
     print(f"\nresults: {work / kept_results.FILE}; {(time.perf_counter() - started) / 60:.1f} min")
 
 
-def make_plan(args, cfg: dict, plain, held, base_sdr: float, study_file: Path, work: Path, ctx, full) -> dict:
+def make_plan(args, cfg: dict, plain, held, base_sdr: float, study_file: Path, work: Path, ctx, full,
+              plan: dict) -> dict:
     """What every seed's runs share: the base's scores, full fine-tuning's lr (searched on the valid
-    split) and each budget's allocations, the searched one found by the platform's own search."""
+    split) and each budget's allocations, the searched one found by the platform's own search.
+    ``plan``: what an earlier run of it kept; each part is saved as soon as it is known."""
     import torch
 
     from trainables.separation import evaluate_tracks
 
-    base_test = evaluate_tracks(plain.model, held.data, cfg["data"]["sources"], plain.base.samplerate,
-                                float(cfg["data"]["segment"]), torch.device("cpu"), held.max_seconds)["valid/sdr"]
-    print(f"full fine-tuning's learning rate: {args.full_lrs} at seed {args.search_seed}, kept on valid SDR",
-          flush=True)
-    with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
-        tried = pool.map(run_one, [full(args.search_seed, lr) for lr in args.full_lrs])
-    for lr, r in zip(args.full_lrs, tried):
-        print(f"  lr {lr:g}: valid {r['valid_sdr']:.3f}", flush=True)
-    full_lr = max(zip(args.full_lrs, tried), key=lambda t: t[1]["valid_sdr"])[0]
-    plans = {}
+    def keep(**parts) -> None:
+        plan.update(parts)
+        kept_results.save(work, [plan], PLAN)
+
+    if "base_test" not in plan:
+        keep(base_sdr=base_sdr, base_test=evaluate_tracks(
+            plain.model, held.data, cfg["data"]["sources"], plain.base.samplerate, float(cfg["data"]["segment"]),
+            torch.device("cpu"), held.max_seconds)["valid/sdr"])
+    if "full_lr" not in plan:
+        print(f"full fine-tuning's learning rate: {args.full_lrs} at seed {args.search_seed}, kept on valid SDR",
+              flush=True)
+        with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
+            tried = pool.map(run_one, [full(args.search_seed, lr) for lr in args.full_lrs])
+        for lr, r in zip(args.full_lrs, tried):
+            print(f"  lr {lr:g}: valid {r['valid_sdr']:.3f}", flush=True)
+        keep(full_lr=max(zip(args.full_lrs, tried), key=lambda t: t[1]["valid_sdr"])[0],
+             full_lr_valid={str(lr): r["valid_sdr"] for lr, r in zip(args.full_lrs, tried)})
+    plan.setdefault("plans", {})
     for rank in args.ranks:
+        if str(rank) in plan["plans"]:
+            continue
         alpha = round(2 * math.sqrt(rank), 4)
         lora_base = {"rank": rank, "alpha": alpha, "scaling": "rslora"}
         budget = count(cfg, {**lora_base, "rank_mode": "uniform"})
@@ -241,15 +251,15 @@ def make_plan(args, cfg: dict, plain, held, base_sdr: float, study_file: Path, w
         while h < 4 * rank and count(cfg, {**lora_base, "rank": h + 1, "rank_mode": "heuristic"}) <= budget:
             h += 1
         found = search(args, study_file, rank, budget, alpha, work)
-        plans[rank] = {"uniform": {**lora_base, "rank_mode": "uniform"},
-                       "heuristic": {**lora_base, "rank": h, "rank_mode": "heuristic"},
-                       "gradient": {**lora_base, "rank_mode": "gradient"},
-                       "progressive": {**lora_base, "rank_mode": "gradient",
-                                       "gradient_steps": args.progressive_steps},
-                       "searched": {**lora_base, "rank_mode": "custom", "layer_ranks": found}}
+        plan["plans"][str(rank)] = {  # JSON's keys are strings: one spelling, saved or not
+            "uniform": {**lora_base, "rank_mode": "uniform"},
+            "heuristic": {**lora_base, "rank": h, "rank_mode": "heuristic"},
+            "gradient": {**lora_base, "rank_mode": "gradient"},
+            "progressive": {**lora_base, "rank_mode": "gradient", "gradient_steps": args.progressive_steps},
+            "searched": {**lora_base, "rank_mode": "custom", "layer_ranks": found}}
+        keep()
         print(f"budget {budget} (uniform rank {rank}): heuristic base rank {h}; searched {found}", flush=True)
-    return {"settings": settings(args), "commit": kept_results.commit(), "base_sdr": base_sdr,
-            "base_test": base_test, "full_lr": full_lr, "plans": plans}
+    return plan
 
 
 def paired_gain(rows: list[dict], reference: list[dict], key: str, comparisons: int = 1) -> tuple[float, float, float]:
@@ -291,7 +301,8 @@ def table(results: list[dict], plans: dict, plan: dict, args) -> None:
     def sd(rows, key):
         return statistics.stdev(r[key] for r in rows) if len(rows) > 1 else 0.0
 
-    print(f"\nbase (no adapter): test SDR {base_test:.3f}, valid SDR {base_sdr:.3f}; {args.epochs} epochs x "
+    print(f"\n{kept_results.code_line(results)}")
+    print(f"base (no adapter): test SDR {base_test:.3f}, valid SDR {base_sdr:.3f}; {args.epochs} epochs x "
           f"{args.steps} steps of batch {args.batch_size} per run, {len(complete)} paired seeds; test split: "
           f"{args.test_songs} songs of render seed {TEST_SEED}")
     head = (f"{'budget':>8} {'method':<11} {'trainable':>10} {'test SDR':>15} {'valid SDR':>10} "
