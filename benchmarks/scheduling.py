@@ -31,9 +31,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# the platform arm's stages: its parent run (and the MLflow store's creation), Tuner.fit (which
-# closes the runs of the trials Tune ends as it ends them), closing any run still open, the
-# summary, the study's plots
+# the platform arm's stages: its parent run (and the MLflow store's creation), Tuner.fit, closing
+# the runs Tune ended, the summary, the study's plots
 PLATFORM_STAGES = ("parent", "search", "close", "summary", "plots")
 
 # synthetic_epoch, synthetic_train and tune_alone_trial run in Ray's trial processes. This file

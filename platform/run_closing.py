@@ -11,8 +11,8 @@ the callback could not do, runs of trials a killed driver lost. Driver-only (con
 
 from __future__ import annotations
 
-import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+import contextlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from ray.tune import Callback
@@ -25,14 +25,8 @@ from trainables import tags, tracking
 class CloseEndedRuns(Callback):
     """Closes a trial's run when Tune ends the trial, while the search goes on: the closing used
     to wait until ``Tuner.fit`` returned, a few store writes per stopped trial
-    (benchmarks/scheduling.py).
-
-    Tune saves its callbacks with the search (``tuner.pkl``) for ``--resume``: the saved copy holds
-    no store URL (it may carry a password), so a resumed search leaves all closing to
-    ``close_child_runs``."""
-
-    WAIT_FOR_LAST_WRITE_S = 2.0  # the trial's own write of its last epoch, usually in flight a few ms
-    WAIT_AT_END_S = 60.0  # closings not done by then are close_child_runs' to do
+    (benchmarks/scheduling.py). Tune saves its callbacks with the search's state: the thread
+    is not saved, and a resumed search starts a new one."""
 
     def __init__(self, study: spaces.Study, uri: str, exp_id: str, parent_id: str):
         self.objective, self.epochs = study.config["objective"], study.config["train"]["epochs"]
@@ -41,24 +35,20 @@ class CloseEndedRuns(Callback):
         self._pending: list[Future] = []
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "uri": None, "_pool": None, "_pending": []}
+        return {**self.__dict__, "_pool": None, "_pending": []}
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if self.uri is None:
-            return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="rankhouse-close-runs")
         self._pending.append(self._pool.submit(self._close, trial.trial_id, dict(trial.last_result or {})))
 
     def on_experiment_end(self, trials, **info):
-        if self._pool is None:
-            return
-        done, not_done = wait(self._pending, timeout=self.WAIT_AT_END_S)
-        failed = [f.exception() for f in done if f.exception() is not None]
-        if failed or not_done:
-            print(f"note: {len(failed) + len(not_done)} trial run(s) left to close after the search"
-                  + (f" ({type(failed[0]).__name__}: {' '.join(str(failed[0]).split())[:200]})" if failed else ""))
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        # every closing done before Tuner.fit returns; one that failed is close_child_runs' to do
+        for done in self._pending:
+            with contextlib.suppress(Exception):
+                done.result()
+        if self._pool is not None:
+            self._pool.shutdown()
         self._pool, self._pending = None, []
 
     def _close(self, trial_id: str, last: dict) -> None:
@@ -66,17 +56,8 @@ class CloseEndedRuns(Callback):
         still_open = mlflow.search_runs([self.exp_id], filter_string=(
             f"tags.`{tags.PARENT}` = '{self.parent_id}' and tags.`{tags.TRIAL_ID}` = '{trial_id}' "
             "and attributes.status = 'RUNNING'"), max_results=1)
-        if not still_open:  # a trial that trained every epoch has closed it itself
-            return
-        run_id = still_open[0].info.run_id
-        # Tune ends a trial inside its report, with that epoch's write queued in the trial process:
-        # it lands within milliseconds, and logging Tune's copy before it would log the epoch twice
-        if "epoch" in last:
-            deadline = time.monotonic() + self.WAIT_FOR_LAST_WRITE_S
-            while int(last["epoch"]) not in tracking.epochs(mlflow, run_id, self.objective["metric"]) \
-                    and time.monotonic() < deadline:
-                time.sleep(0.05)
-        close_run(mlflow, run_id, last, None, self.objective, self.epochs)
+        if still_open:  # a trial that trained every epoch has closed it itself
+            close_run(mlflow, still_open[0].info.run_id, last, None, self.objective, self.epochs)
 
 
 def close_run(mlflow, run_id: str, last: dict, error, objective: dict, epochs: int) -> None:

@@ -131,20 +131,3 @@ def test_the_driver_logs_a_stopped_trials_last_report_if_its_write_never_landed(
     data = mlflow.get_run(run_id).data
     assert set(data.metrics) == {"epoch", METRIC, "train/loss"}  # none of Tune's keys
     assert data.metrics["train/loss"] == 0.5 and data.tags["rankhouse.best_epoch"] == "2"
-
-
-def test_a_run_reopened_for_a_resumed_trial_loses_a_stale_stopped_tag(run):
-    """The driver closes a stopped trial's run as Tune ends it; a driver killed before Tune saved
-    that trial's end resumes the trial, which finds its run again: open, and no longer 'stopped'."""
-    from trainables import tags, tracking
-
-    mlflow, _, parent = run
-    exp = mlflow.get_run(parent).info.experiment_id
-    run_id, found = tracking.child_run(mlflow, exp, parent, "study", "t1", "t1 r8")
-    assert found is None
-    mlflow.set_tag(run_id, tags.STOPPED_BY, "scheduler")
-    mlflow.set_terminated(run_id, status="KILLED")
-    again, found = tracking.child_run(mlflow, exp, parent, "study", "t1", "t1 r8")
-    assert (again, found) == (run_id, "KILLED")
-    reopened = mlflow.get_run(run_id)
-    assert reopened.info.status == "RUNNING" and tags.STOPPED_BY not in reopened.data.tags

@@ -82,8 +82,6 @@ def child_run(mlflow, experiment_id: str, parent_id: str, study: str, trial_id: 
         run_id, status = found[0].info.run_id, found[0].info.status
         if status != "FINISHED":  # a finished trial is never reopened (see trial.run_trial)
             mlflow.update_run(run_id, status="RUNNING")
-            if tags.STOPPED_BY in found[0].data.tags:  # closed by a driver that was killed before Tune saved the trial
-                mlflow.delete_tag(run_id, tags.STOPPED_BY)
         return run_id, status
     run = mlflow.create_run(experiment_id, run_name=trial_name,
                             tags={tags.PARENT: parent_id, tags.STUDY: study, tags.TRIAL_ID: trial_id})
