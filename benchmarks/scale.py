@@ -208,7 +208,7 @@ def run_arm(args, name: str, epoch_ms: float, url: str | None, server: str | Non
     import ray.cloudpickle
 
     from benchmarks import scheduling
-    from platform import database, report, run_closing, spaces, study_runs, tune
+    from platform import database, report, spaces, study_runs, tune
     from platform.searcher import BestEpochOptunaSearch
     from platform.summary import summarize
 
@@ -245,7 +245,7 @@ def run_arm(args, name: str, epoch_ms: float, url: str | None, server: str | Non
         sampler.unwrap()
         monitor.stop()
     started, cpu = time.perf_counter(), time.process_time()
-    run_closing.close_child_runs(study, results, uri, exp_id, parent_id)
+    tune.close_child_runs(study, results, uri, exp_id, parent_id)
     summary = summarize(study, results, prepared, uri, study.name, exp_id, parent_id)
     report.study_plots(summary, uri, parent_id, study_runs.optuna_storage_url(study, out),
                        study_runs.optuna_study_name(study, parent_id), out / "plots")

@@ -139,7 +139,7 @@ def main() -> None:
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from platform import ray_session, report, run_closing, spaces, study_runs, tune
+    from platform import ray_session, report, spaces, study_runs, tune
     from platform.searcher import sampler
     from platform.summary import summarize
 
@@ -189,7 +189,7 @@ def main() -> None:
         stage("parent")
         results = tune.run_search(study, prepared, out, uri, exp_id, parent_id, train=synthetic_train)
         stage("search")
-        run_closing.close_child_runs(study, results, uri, exp_id, parent_id)
+        tune.close_child_runs(study, results, uri, exp_id, parent_id)
         stage("close")
         summary = summarize(study, results, prepared, uri, study.name, exp_id, parent_id)
         stage("summary")

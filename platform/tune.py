@@ -111,7 +111,6 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
 
     from platform import schedulers
     from platform.console import TrialLines, tune_verbosity
-    from platform.run_closing import CloseEndedRuns
     from platform.searcher import BestEpochOptunaSearch, sampler
     from trainables.trial import run_trial
 
@@ -177,14 +176,57 @@ def run_search(study: spaces.Study, prepared, out: Path, uri: str, exp_id: str, 
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=root, verbose=tune_verbosity(console),
-            callbacks=([TrialLines(study, metric, mode)] if console == "normal" else [])
-            + [CloseEndedRuns(study, uri, exp_id, parent_id), *callbacks],
+            callbacks=([TrialLines(study, metric, mode)] if console == "normal" else []) + list(callbacks),
             # retried at one level only: here for the direct executor, by Ray Train for the train executor
             failure_config=tune.FailureConfig(
                 max_failures=cfg["resources"]["max_failures"] if executor(cfg["resources"]) == "direct" else 0),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )
     return tuner.fit()
+
+
+def close_child_runs(study: spaces.Study, results, uri: str, exp_id: str, parent_id: str) -> None:
+    """Give every trial's run its final status. Tune ends a trial function that the scheduler
+    stopped (or whose last report crossed Tune's stop) before it can close its own run."""
+    mlflow = tracking.client(uri)
+    tune_trials = {Path(r.path).name.removeprefix("trial_"): r for r in results}
+    for run in tracking.children(mlflow, exp_id, parent_id, status="RUNNING"):
+        result = tune_trials.get(run.data.tags.get(tags.TRIAL_ID))
+        if result is None:
+            # started just before a killed driver could save it in Tune's state: --resume does not
+            # know it (it had no checkpoint) and samples a new trial in its place
+            mlflow.set_tag(run.info.run_id, tags.LOST, "lost with a killed driver before Tune saved it; replaced")
+            mlflow.set_terminated(run.info.run_id, status="KILLED")
+            continue
+        epochs = len(land_last_report(mlflow, run.info.run_id, result.metrics or {}, study.config["objective"]))
+        if result.error is not None:
+            mlflow.set_tag(run.info.run_id, tags.FAILURE, " ".join(str(result.error).split())[:4000])
+            mlflow.set_terminated(run.info.run_id, status="FAILED")
+        elif epochs >= study.config["train"]["epochs"]:
+            mlflow.set_terminated(run.info.run_id, status="FINISHED")
+        else:
+            mlflow.set_tag(run.info.run_id, tags.STOPPED_BY, "scheduler")
+            mlflow.set_terminated(run.info.run_id, status="KILLED")
+
+
+def land_last_report(mlflow, run_id: str, last: dict, objective: dict) -> dict[int, float]:
+    """The run's {epoch: objective}, with the trial's last report to Tune logged if it is missing.
+    A trial writes an epoch's metrics asynchronously and waits for them before its next report
+    (``trainables.trial``); one that Tune ended has had no next report, and its last write may
+    still be in flight, or lost with its process. Tune has the result, so it is logged from there
+    (should the trial's own write land after all, ``tracking.epochs`` counts the step once)."""
+    from trainables import objective as objectives
+
+    metric, logged = objective["metric"], tracking.epochs(mlflow, run_id, objective["metric"])
+    if "epoch" not in last or int(last["epoch"]) in logged:
+        return logged
+    epoch, value = int(last["epoch"]), last.get(metric)
+    # the keys the trial logs (Tune adds its own: time, iteration, host), known from earlier epochs
+    keys = set(mlflow.get_run(run_id).data.metrics) | {tracking.key(metric), "epoch"}
+    better = objectives.better(value, objectives.best(logged.values(), objective["mode"]), objective["mode"])
+    tracking.log_metrics(mlflow, run_id, {k: v for k, v in last.items() if tracking.key(k) in keys}, step=epoch,
+                         run_tags={tags.BEST_EPOCH: epoch} if better else None)
+    return {**logged, epoch: value}
 
 
 def search(args, console: str) -> tuple[spaces.Study, dict, object, dict, str]:
@@ -219,8 +261,6 @@ def search(args, console: str) -> tuple[spaces.Study, dict, object, dict, str]:
     except BaseException:
         mlflow.set_terminated(parent_id, status="FAILED")
         raise
-    from platform.run_closing import close_child_runs  # imports Ray Tune, which run_search has already loaded
-
     close_child_runs(study, results, uri, exp_id, parent_id)
     summary = summarize(study, results, prepared, uri, experiment, exp_id, parent_id)
     from platform.budget import rejected  # imports Ray Tune, which run_search has already loaded

@@ -23,15 +23,14 @@ class Searched:
     results: Any  # Tune's ResultGrid
 
 
-def synthetic_search(work: Path, overrides: list[str], epoch_ms: float = 10.0, close: bool = True) -> Searched:
-    """``platform.tune``'s steps (parent run, Tune, closing the runs still open: ``close``) over the
-    synthetic function, with ``overrides`` on the space; Ray is shut down and the environment
-    restored after."""
+def synthetic_search(work: Path, overrides: list[str], epoch_ms: float = 10.0) -> Searched:
+    """``platform.tune``'s steps (parent run, Tune, closing the child runs) over the synthetic
+    function, with ``overrides`` on the space; Ray is shut down and the environment restored after."""
     import ray
     import ray.cloudpickle
 
     import benchmarks.scheduling as scheduling
-    from platform import run_closing, spaces, study_runs, tune
+    from platform import spaces, study_runs, tune
 
     ray.cloudpickle.register_pickle_by_value(scheduling)  # trial processes need not import it
     saved = dict(os.environ)
@@ -44,8 +43,7 @@ def synthetic_search(work: Path, overrides: list[str], epoch_ms: float = 10.0, c
     try:
         _, exp_id, parent_id = study_runs.start_parent(uri, study, prepared, out)
         results = tune.run_search(study, prepared, out, uri, exp_id, parent_id, train=scheduling.synthetic_train)
-        if close:
-            run_closing.close_child_runs(study, results, uri, exp_id, parent_id)
+        tune.close_child_runs(study, results, uri, exp_id, parent_id)
     finally:
         ray.shutdown()
         os.environ.clear()

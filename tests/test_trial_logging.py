@@ -115,7 +115,7 @@ def test_a_resumed_trial_logs_its_checkpoint_epoch_once_whether_or_not_its_write
 def test_the_driver_logs_a_stopped_trials_last_report_if_its_write_never_landed(run, landed):
     """Tune ended the trial after its epoch-2 report (a scheduler's stop): no next report waited
     for that write. The driver logs Tune's copy of it, without Tune's own keys, once."""
-    from platform.run_closing import land_last_report
+    from platform.tune import land_last_report
     from trainables import tracking
 
     mlflow, _, run_id = run

@@ -273,5 +273,5 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
                   on_setup=describe, rank=rank)
     # every epoch in the store before the run is marked finished. A trial that raised (Tune's
     # stop, a failure) does not wait: its write goes on in this process's MLflow thread, and the
-    # driver logs a last report still missing when it closes the run (platform.run_closing)
+    # driver logs a last report still missing when it closes the run (platform.tune)
     settle()
