@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.study_files import run_search
+from benchmarks.study_files import run_cli, run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = "search_spaces/techhouse.yaml"
@@ -31,11 +30,10 @@ SPACE = "search_spaces/techhouse.yaml"
 
 def promote_dry_run(overrides: list[str], writes: Path) -> dict:
     """``platform.promote --dry-run``'s JSON; a refusal (exit 1) writes one too, a crash does not."""
-    cmd = [sys.executable, "-m", "platform.promote", SPACE, *overrides, "--dry-run", "--json", str(writes)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode not in (0, 1) or not writes.is_file():
-        raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n"
-                         f"{proc.stderr[-2000:]}")
+    proc = run_cli([sys.executable, "-m", "platform.promote", SPACE, *overrides, "--dry-run", "--json", str(writes)],
+                   ok=(0, 1))
+    if not writes.is_file():  # a crash exits 1 too
+        raise SystemExit(f"platform.promote --dry-run wrote no {writes}:\n{proc.stderr[-2000:]}")
     return json.loads(writes.read_text())
 
 

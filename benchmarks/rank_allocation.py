@@ -185,7 +185,7 @@ def main() -> None:
         print(f"{work / PLAN}: kept from an earlier run: {', '.join(k for k in kept_plan[0] if k != 'settings')}; "
               f"{len(rows)} runs done", flush=True)
     plan = make_plan(args, cfg, plain, held, prepared.base_metrics["valid/sdr"], study_file, work, ctx, full,
-                     kept_plan[0] if kept_plan else {"settings": settings(args), "commit": kept_results.commit()})
+                     kept_plan[0] if kept_plan else None)
     plans = {int(rank): methods for rank, methods in plan["plans"].items()}
 
     done = {(r["method"], r["budget"], r["seed"]) for r in rows}
@@ -213,13 +213,15 @@ def main() -> None:
 
 
 def make_plan(args, cfg: dict, plain, held, base_sdr: float, study_file: Path, work: Path, ctx, full,
-              plan: dict) -> dict:
+              kept: dict | None) -> dict:
     """What every seed's runs share: the base's scores, full fine-tuning's lr (searched on the valid
     split) and each budget's allocations, the searched one found by the platform's own search.
-    ``plan``: what an earlier run of it kept; each part is saved as soon as it is known."""
+    ``kept``: what an earlier run of it kept; each part is saved as soon as it is known."""
     import torch
 
     from trainables.separation import evaluate_tracks
+
+    plan = kept or {"settings": settings(args), "commit": kept_results.commit()}
 
     def keep(**parts) -> None:
         plan.update(parts)

@@ -28,15 +28,22 @@ def write_space(doc: dict, folder: Path, name: str) -> Path:
     return path
 
 
+def run_cli(cmd: list[str], ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
+    """``cmd`` run from the repository root; an exit status outside ``ok`` stops the benchmark
+    with the command's output, the part a user would need to see what went wrong."""
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode not in ok:
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n"
+                         f"{proc.stderr[-2000:]}")
+    return proc
+
+
 def run_search(space: Path, overrides: list[str], out: Path) -> dict:
     """``python -m platform.tune space overrides`` into ``out``: its summary, which must name a
     best trial with an adapter. A failure stops the benchmark with the command's output."""
     summary = out / "summary.json"
-    cmd = [sys.executable, "-m", "platform.tune", str(space), *overrides, f"tracking.output={out}",
-           "--json", str(summary)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    run_cli([sys.executable, "-m", "platform.tune", str(space), *overrides, f"tracking.output={out}",
+             "--json", str(summary)])
     result = json.loads(summary.read_text())
     if result["best"] is None:
         raise SystemExit(f"{summary}: no trial kept an adapter (every trial failed or stopped before an epoch)")
