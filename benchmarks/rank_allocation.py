@@ -21,7 +21,8 @@ order. Each is scored on a test split no run trained or was selected on (benchma
 the embedded tech-house preset rendered with a seed of its own, not the promotion holdout's);
 the valid SDR is shown too. A row's gain over uniform is the mean of its per-seed differences,
 with a 95% t interval over the seeds. Full fine-tuning's learning rate is searched first, on
-the valid split, at the search's seed (``--full-lrs``): LoRA's was never a fair one for it.
+the valid split, at the search's seed (``--full-lrs``, grown x3 past the grid's edge while the
+best sits there): LoRA's was never a fair one for it.
 Each run is a fresh process on one torch thread (two side by side on 2 cores), so
 step time and peak memory (the process' peak RSS over its RSS before training) compare like
 with like. LoRA uses rsLoRA scaling with alpha = 2 sqrt(R): one alpha means the same step size
@@ -51,6 +52,7 @@ from benchmarks.study_files import run_search, write_space
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = "plan.json"  # in --out: what every seed's runs share
+FULL_LR_STEPS = 3  # how far full fine-tuning's lr grid may grow past its edge
 GROUPS = ["encoder.*", "tencoder.*", "crosstransformer.*", "decoder.*", "tdecoder.*"]
 
 
@@ -82,7 +84,7 @@ def run_one(job: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint.save_weights(setup.model, Path(tmp))
         saved = sum(f.stat().st_size for f in Path(tmp).rglob("*.safetensors"))
-    return {"method": job["method"], "budget": job["budget"], "seed": cfg["train"]["seed"],
+    return {"method": job["method"], "budget": job["budget"], "seed": cfg["train"]["seed"], "lr": cfg["optim"]["lr"],
             "test_sdr": scores["valid/sdr"], "valid_sdr": reports[-1]["valid/sdr"],
             "curve": [r["valid/sdr"] for r in reports],
             "trainable": sum(p.numel() for p in setup.model.parameters() if p.requires_grad),
@@ -187,6 +189,11 @@ def main() -> None:
     plan = make_plan(args, cfg, plain, held, prepared.base_metrics["valid/sdr"], study_file, work, ctx, full,
                      kept_plan[0] if kept_plan else None)
     plans = {int(rank): methods for rank, methods in plan["plans"].items()}
+    kept = rows  # everything finished, saved as is; ``rows``: what this plan's table may use
+    rows = [r for r in kept if r["method"] != "full" or r.get("lr") == plan["full_lr"]]
+    if len(rows) < len(kept):
+        print(f"{len(kept) - len(rows)} full fine-tuning runs kept at another lr than {plan['full_lr']:g}: "
+              "not used", flush=True)
 
     done = {(r["method"], r["budget"], r["seed"]) for r in rows}
     jobs = []
@@ -205,7 +212,8 @@ def main() -> None:
     with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
         for i, r in enumerate(pool.imap_unordered(run_one, jobs), 1):
             rows.append({**r, "settings": settings(args), "commit": code})
-            kept_results.save(work, rows)  # a killed benchmark keeps every finished run
+            kept.append(rows[-1])
+            kept_results.save(work, kept)  # a killed benchmark keeps every finished run
             print(f"  [{i}/{len(jobs)}] {r['method']:<11} budget {r['budget']} seed {r['seed']}: test "
                   f"{r['test_sdr']:.3f} valid {r['valid_sdr']:.3f} ({r['trainable']} trainable)", flush=True)
     table(rows, plans, plan, args)
@@ -231,15 +239,7 @@ def make_plan(args, cfg: dict, plain, held, base_sdr: float, study_file: Path, w
         keep(base_sdr=base_sdr, base_test=evaluate_tracks(
             plain.model, held.data, cfg["data"]["sources"], plain.base.samplerate, float(cfg["data"]["segment"]),
             torch.device("cpu"), held.max_seconds)["valid/sdr"])
-    if "full_lr" not in plan:
-        print(f"full fine-tuning's learning rate: {args.full_lrs} at seed {args.search_seed}, kept on valid SDR",
-              flush=True)
-        with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
-            tried = pool.map(run_one, [full(args.search_seed, lr) for lr in args.full_lrs])
-        for lr, r in zip(args.full_lrs, tried):
-            print(f"  lr {lr:g}: valid {r['valid_sdr']:.3f}", flush=True)
-        keep(full_lr=max(zip(args.full_lrs, tried), key=lambda t: t[1]["valid_sdr"])[0],
-             full_lr_valid={str(lr): r["valid_sdr"] for lr, r in zip(args.full_lrs, tried)})
+    search_full_lr(args, plan, keep, ctx, full)
     plan.setdefault("plans", {})
     for rank in args.ranks:
         if str(rank) in plan["plans"]:
@@ -262,6 +262,28 @@ def make_plan(args, cfg: dict, plain, held, base_sdr: float, study_file: Path, w
         keep()
         print(f"budget {budget} (uniform rank {rank}): heuristic base rank {h}; searched {found}", flush=True)
     return plan
+
+
+def search_full_lr(args, plan: dict, keep, ctx, full) -> None:
+    """Full fine-tuning's lr: ``--full-lrs`` at the search's seed, the best on valid SDR kept. A
+    best at the grid's edge is no optimum, so the grid grows past that edge, x3 a step (at most
+    ``FULL_LR_STEPS`` steps), until the best is inside it; one lr given is used as it is. Kept in
+    ``plan`` after every step."""
+    tried = {float(lr): v for lr, v in plan.get("full_lr_valid", {}).items()}
+    todo = [lr for lr in args.full_lrs if lr not in tried]
+    for _ in range(FULL_LR_STEPS + 1):
+        if todo:
+            print(f"full fine-tuning's learning rate: {todo} at seed {args.search_seed}, kept on valid SDR",
+                  flush=True)
+            with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
+                for lr, r in zip(todo, pool.map(run_one, [full(args.search_seed, lr) for lr in todo])):
+                    tried[lr] = r["valid_sdr"]
+                    print(f"  lr {lr:g}: valid {r['valid_sdr']:.3f}", flush=True)
+            keep(full_lr=max(tried, key=tried.get), full_lr_valid={str(lr): v for lr, v in sorted(tried.items())})
+        best = plan["full_lr"]
+        todo = [best * 3] if best == max(tried) else [best / 3] if best == min(tried) else []
+        if not todo or len(args.full_lrs) < 2 or len(tried) >= len(args.full_lrs) + FULL_LR_STEPS:
+            return
 
 
 def paired_gain(rows: list[dict], reference: list[dict], key: str, comparisons: int = 1) -> tuple[float, float, float]:
