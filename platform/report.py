@@ -1,11 +1,11 @@
 """Study plots for the MLflow parent run: what the search did, at a glance.
 
-After a search the parent run gets three PNGs under ``plots/`` (also kept in a local folder):
+After a search the parent run gets these PNGs under ``plots/`` (also kept in a local folder):
 
 - ``optimization_history.png``: each trial's objective (its best epoch) in completion order,
   with the running best, so one sees whether the search was still improving when it stopped;
 - ``objective_vs_trainable_params.png``: the objective against the adapter's trainable parameters
-  (the child runs' ``trainable_params`` param): what a larger rank bought;
+  (the summary's ``trainable_params``, from the child runs): what a larger rank bought;
 - ``param_importances.png``: Optuna's parameter importances over the study's completed trials;
 - ``rank_heatmap.png``: the chosen (best) trial's rank per adapted module, one row per layer
   kind and one column per depth, so an allocation reads at a glance;
@@ -20,7 +20,6 @@ Driver-only (control plane).
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import warnings
 from pathlib import Path
@@ -48,12 +47,13 @@ def study_plots(summary: dict, uri: str, parent_id: str, optuna_storage_url: str
     skipped. Never raises for a plot: a search that finished is not failed by its report."""
     mlflow = tracking.client(uri)
     folder = Path(folder)
-    runs = functools.cache(lambda: child_runs(mlflow, parent_id))  # one query, and only if a plot needs it
+    # the trials come from the summary, which read every child run already: reading them again
+    # here cost ~1 s at 200 trials (benchmarks/scheduling.py)
     makers = {
-        HISTORY: lambda path: history_plot(summary, runs(), path),
-        PARAMS: lambda path: params_plot(summary, runs(), path),
+        HISTORY: lambda path: history_plot(summary, path),
+        PARAMS: lambda path: params_plot(summary, path),
         IMPORTANCES: lambda path: importances_plot(optuna_storage_url, optuna_study_name, path),
-        HEATMAP: lambda path: heatmap_plot(summary, runs(), path),
+        HEATMAP: lambda path: heatmap_plot(summary, best_ranks(mlflow, summary), path),
     }
     if "pareto" in summary:
         makers[PARETO] = lambda path: pareto_plot(summary, path)
@@ -74,10 +74,16 @@ def study_plots(summary: dict, uri: str, parent_id: str, optuna_storage_url: str
     return out
 
 
-def child_runs(mlflow, parent_id: str) -> dict:
-    """The parent's child runs by run id (end times and params live there, not in the summary)."""
-    exp_id = mlflow.get_run(parent_id).info.experiment_id
-    return {r.info.run_id: r for r in tracking.children(mlflow, exp_id, parent_id)}
+def best_ranks(mlflow, summary: dict) -> dict[str, int]:
+    """The chosen trial's rank per adapted module: its run's ``rank.<module>`` params."""
+    best = summary.get("best")
+    if not best:
+        raise Skip("no trial produced an adapter")
+    params = mlflow.get_run(best["run_id"]).data.params
+    ranks = {k.removeprefix("rank."): int(v) for k, v in params.items() if k.startswith("rank.")}
+    if not ranks:
+        raise Skip(f"trial {best['trial_id']} logged no per-module ranks")
+    return ranks
 
 
 def _figure(width: float = 6.4, height: float = 3.8):
@@ -102,12 +108,11 @@ def _base_line(ax, summary: dict) -> None:
         ax.axhline(base, color="0.4", linestyle=":", linewidth=1, label=f"base {base:.2f}")
 
 
-def history(summary: dict, runs: dict) -> tuple[list[dict], list[float]]:
+def history(summary: dict) -> tuple[list[dict], list[float]]:
     """The summary's trials with an objective, in completion order (their MLflow runs' end times;
     the summary itself is sorted by objective), and the running best after each."""
     def finished_at(t: dict) -> float:
-        info = getattr(runs.get(t["run_id"]), "info", None)
-        return float((info.end_time or info.start_time or math.inf) if info else math.inf)
+        return float(t.get("ended_at") or t.get("started_at") or math.inf)
 
     done = sorted((t for t in summary["trials"] if objective.finite(t.get("best"))), key=finished_at)
     mode = summary["objective"]["mode"]
@@ -117,12 +122,12 @@ def history(summary: dict, runs: dict) -> tuple[list[dict], list[float]]:
     return done, running
 
 
-def history_plot(summary: dict, runs: dict, path: Path) -> Path:
+def history_plot(summary: dict, path: Path) -> Path:
     """Objective per trial in completion order and the running best."""
     from matplotlib.ticker import MaxNLocator
 
     metric = summary["objective"]["metric"]
-    done, running = history(summary, runs)
+    done, running = history(summary)
     if not done:
         raise Skip(f"no trial reported {metric}")
     order = list(range(1, len(done) + 1))
@@ -144,16 +149,11 @@ def history_plot(summary: dict, runs: dict, path: Path) -> Path:
     return path
 
 
-def params_plot(summary: dict, runs: dict, path: Path) -> Path:
+def params_plot(summary: dict, path: Path) -> Path:
     """Objective against trainable parameters (log scale), the best trial starred."""
     metric = summary["objective"]["metric"]
-    points = []
-    for t in summary["trials"]:
-        run = runs.get(t["run_id"])
-        params = run.data.params if run is not None else {}
-        with contextlib.suppress(KeyError, ValueError):
-            if objective.finite(t.get("best")):
-                points.append((int(params["trainable_params"]), t["best"], t))
+    points = [(t["trainable_params"], t["best"], t) for t in summary["trials"]
+              if t.get("trainable_params") is not None and objective.finite(t.get("best"))]
     if not points:
         raise Skip(f"no trial logged both trainable_params and {metric}")
     fig = _figure()
@@ -241,18 +241,11 @@ def rank_grid(ranks: dict[str, int]) -> tuple[list[str], list[str], dict[tuple[s
     return rows, cols, cells
 
 
-def heatmap_plot(summary: dict, runs: dict, path: Path) -> Path:
-    """The chosen trial's per-module ranks (its ``rank.<module>`` params) as a grid."""
+def heatmap_plot(summary: dict, ranks: dict[str, int], path: Path) -> Path:
+    """The chosen trial's per-module ranks (``best_ranks``) as a grid."""
     import numpy as np
 
-    best = summary.get("best")
-    if not best:
-        raise Skip("no trial produced an adapter")
-    run = runs.get(best["run_id"])
-    params = run.data.params if run is not None else {}
-    ranks = {k.removeprefix("rank."): int(v) for k, v in params.items() if k.startswith("rank.")}
-    if not ranks:
-        raise Skip(f"trial {best['trial_id']} logged no per-module ranks")
+    best = summary["best"]
     rows, cols, cells = rank_grid(ranks)
     grid = np.ma.masked_invalid(np.array([[cells.get((r, c), np.nan) for c in cols] for r in rows], dtype=float))
     from matplotlib.ticker import MaxNLocator

@@ -36,6 +36,8 @@ def summarize(study: spaces.Study, results, prepared, uri: str, experiment: str,
             "adapter_bytes": int(params["adapter_bytes"]) if "adapter_bytes" in params else None,
             "adapter": f"runs:/{run.info.run_id}/adapter" if best_epoch else None,
             "failure": run.data.tags.get(tags.FAILURE),
+            # MLflow's times (ms since the epoch): the history plot orders trials by when they ended
+            "started_at": run.info.start_time, "ended_at": run.info.end_time,
         }
         if len(objs) > 1:  # every objective at the epoch whose adapter the trial kept
             row["objectives"] = {m: objective_value(mlflow, run.info.run_id, row, m, best_epoch) for m, _ in objs}

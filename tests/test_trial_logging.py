@@ -1,6 +1,6 @@
 """A trial's epochs reach MLflow although their writes run off the epoch's critical path.
 
-``trainables.trial._run_loop`` queues each epoch's metrics on MLflow's asynchronous logger.
+``trainables.trial._run_loop`` hands each epoch's metrics to a writer thread (``tracking.log_metrics``).
 These tests drive it directly, without a Ray cluster, over a real SQLite MLflow store and Ray's
 real ``Checkpoint``: a trial killed with its last write in flight (the window no SIGKILL test can
 hit on purpose) is resumed from that epoch's checkpoint, and a finished trial's every epoch is in
@@ -131,3 +131,63 @@ def test_the_driver_logs_a_stopped_trials_last_report_if_its_write_never_landed(
     data = mlflow.get_run(run_id).data
     assert set(data.metrics) == {"epoch", METRIC, "train/loss"}  # none of Tune's keys
     assert data.metrics["train/loss"] == 0.5 and data.tags["rankhouse.best_epoch"] == "2"
+
+
+@pytest.mark.parametrize(("ended_at", "status"), [(2, "KILLED"), (3, "FINISHED")], ids=["stopped", "last-epoch"])
+def test_a_trial_that_tune_ends_at_a_report_closes_its_run_with_its_epochs_in_the_store(run, tmp_path, ended_at,
+                                                                                        status):
+    """Ray's ``report`` exits the trial's thread (SystemExit) when Tune ends the trial: early, by
+    the scheduler, or at its last epoch. The trial closes its own run before it exits."""
+    import ray.tune
+
+    from trainables import trial
+
+    mlflow, uri, run_id = run
+    values = {1: 1.0, 2: 3.0, 3: 2.0}
+
+    def ray_report(metrics, checkpoint):
+        if metrics["epoch"] == ended_at:
+            raise SystemExit(0)
+
+    cfg = {"objective": {"metric": METRIC, "mode": "max"}, "scratch": str(tmp_path), "train": {"epochs": 3}}
+    with pytest.raises(SystemExit):
+        trial._run_loop({"cfg": cfg, "uri": uri, "run_id": run_id, "train_fn": training_function(3, values),
+                         "new_run": True, "close_when_ended": True}, ray_report, None, ray.tune.Checkpoint, 0, None)
+    got = mlflow.get_run(run_id)
+    assert got.info.status == status
+    assert got.data.tags.get("rankhouse.stopped_by") == ("scheduler" if status == "KILLED" else None)
+    assert steps(mlflow, run_id) == [(e, values[e]) for e in range(1, ended_at + 1)]  # the last write landed first
+
+
+def test_a_trial_run_closed_when_tune_ended_it_is_reopened_without_the_stop_tag(run):
+    """A trial Tune ended can go on: a search resumed after its driver was interrupted."""
+    from trainables import tracking
+
+    mlflow, _, _ = run
+    experiment = mlflow.get_experiment_by_name("trial-logging").experiment_id
+    run_id, found = tracking.child_run(mlflow, experiment, "parent", "study", "t1", "t1")
+    tracking.end_run(mlflow, run_id, complete=False)
+    again, found = tracking.child_run(mlflow, experiment, "parent", "study", "t1", "t1")
+    assert (again, found) == (run_id, "KILLED")
+    got = mlflow.get_run(run_id)
+    assert got.info.status == "RUNNING" and "rankhouse.stopped_by" not in got.data.tags
+
+
+def test_a_store_that_refuses_the_close_leaves_tunes_stop_a_stop(run, tmp_path):
+    """The run cannot be closed (deleted meanwhile): the trial still exits as Tune asked, not with
+    the store's error, which Tune would count as the trial's failure."""
+    import ray.tune
+
+    from trainables import trial
+
+    mlflow, uri, run_id = run
+
+    def ray_report(metrics, checkpoint):
+        mlflow.delete_run(run_id)  # the store now refuses every write to the run
+        raise SystemExit(0)
+
+    cfg = {"objective": {"metric": METRIC, "mode": "max"}, "scratch": str(tmp_path), "train": {"epochs": 3}}
+    with pytest.raises(SystemExit):
+        trial._run_loop({"cfg": cfg, "uri": uri, "run_id": run_id, "train_fn": training_function(3, {1: 1.0}),
+                         "new_run": True, "close_when_ended": True}, ray_report, None, ray.tune.Checkpoint, 0, None)
+    assert mlflow.get_run(run_id).info.status == "RUNNING"  # left for the driver

@@ -7,8 +7,10 @@ retried or the study resumed, so a trial never has two runs. Only rank 0 of a tr
 
 from __future__ import annotations
 
+import functools
 import re
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterable
 
 from trainables import tags
@@ -55,15 +57,27 @@ def log_params(mlflow, run_id: str, params: dict[str, Any], run_tags: dict[str, 
 
 
 def log_metrics(mlflow, run_id: str, metrics: dict[str, float], step: int,
-                run_tags: dict[str, str] | None = None, wait: bool = True):
-    """One batch of metrics (and tags). ``wait=False`` queues it on MLflow's asynchronous logger
-    (a thread of this process) and returns its operation: ``.wait()`` until it is in the store,
-    which raises the write's error if it failed."""
+                run_tags: dict[str, str] | None = None, wait: bool = True) -> Future | None:
+    """One batch of metrics (and tags). ``wait=False`` hands it to this process's writer thread
+    and returns its Future: ``.result()`` waits until it is in the store and raises the write's
+    error if it failed. Writes handed over run in order, one at a time."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     items = [Metric(key(k), float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
-    return mlflow.log_batch(run_id, metrics=items, tags=_run_tags(run_tags), synchronous=wait)
+    if wait:
+        mlflow.log_batch(run_id, metrics=items, tags=_run_tags(run_tags))
+        return None
+    return _writer().submit(mlflow.log_batch, run_id, metrics=items, tags=_run_tags(run_tags))
+
+
+@functools.cache
+def _writer() -> ThreadPoolExecutor:
+    """The writer thread of ``log_metrics(wait=False)``. Not MLflow's asynchronous logger: ending a
+    run (``set_terminated``) shuts that logger down and joins its thread, which notices only
+    when its queue's 1-s poll runs out: ~0.9 s of every trial that closes its own run
+    (benchmarks/scheduling.py). At exit Python finishes the writes handed to this thread."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="rankhouse-mlflow-writer")
 
 
 def _run_tags(run_tags: dict[str, Any] | None) -> list:
@@ -82,10 +96,23 @@ def child_run(mlflow, experiment_id: str, parent_id: str, study: str, trial_id: 
         run_id, status = found[0].info.run_id, found[0].info.status
         if status != "FINISHED":  # a finished trial is never reopened (see trial.run_trial)
             mlflow.update_run(run_id, status="RUNNING")
+            if tags.STOPPED_BY in found[0].data.tags:  # closed when Tune ended it, and it goes on after all
+                mlflow.delete_tag(run_id, tags.STOPPED_BY)
         return run_id, status
     run = mlflow.create_run(experiment_id, run_name=trial_name,
                             tags={tags.PARENT: parent_id, tags.STUDY: study, tags.TRIAL_ID: trial_id})
     return run.info.run_id, None
+
+
+def end_run(mlflow, run_id: str, complete: bool) -> None:
+    """Close a trial's run that Tune ended at a report: FINISHED when it trained every epoch,
+    else KILLED and tagged as the scheduler's stop. The trial does it itself when it can
+    (``trial._run_loop``), the driver for the runs left open (``platform.tune``)."""
+    if complete:
+        mlflow.set_terminated(run_id, status="FINISHED")
+    else:
+        mlflow.set_tag(run_id, tags.STOPPED_BY, "scheduler")
+        mlflow.set_terminated(run_id, status="KILLED")
 
 
 def epochs(mlflow, run_id: str, metric: str) -> dict[int, float]:

@@ -17,6 +17,7 @@ runs in Ray workers, so it lives in ``trainables`` (never ``platform``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -99,7 +100,9 @@ def run_trial(sample: dict, study: dict) -> None:
     # Ray Train retries its workers with this same config, so only a direct trial's run is known new
     direct = executor(cfg["resources"]) == "direct"
     loop_config = {"cfg": cfg, "uri": t["uri"], "run_id": run_id, "train_fn": study.get("train_fn"),
-                   "new_run": found is None and direct}
+                   "new_run": found is None and direct,
+                   # a Ray Train worker's report is not where Tune ends the trial
+                   "close_when_ended": direct and study.get("close_when_ended", False)}
     try:
         if direct:
             # a training function other than the loop (a benchmark's) gets no device: its trial
@@ -199,7 +202,7 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
 
         train = loop.train
 
-    # An epoch's metrics go to MLflow on its asynchronous logger, off the epoch's critical path
+    # An epoch's metrics go to MLflow on a writer thread, off the epoch's critical path
     # (benchmarks/scheduling.py). At most one write is in flight: before an epoch's checkpoint
     # reaches Tune, the earlier epochs' metrics are in the store, and this epoch's are in the
     # checkpoint (its STATE), which a retry resumed from it logs again if they never landed.
@@ -207,7 +210,7 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
 
     def settle() -> None:
         while in_flight:
-            in_flight.pop(0).wait()
+            in_flight.pop(0).result()
 
     def log_epoch(metrics: dict, folder: Path, wait: bool) -> None:
         value = metrics.get(metric)
@@ -226,8 +229,20 @@ def _run_loop(config: dict, ray_report: Callable, resume, checkpoint_cls, rank: 
     def report(metrics: dict, folder: Path) -> None:
         if rank0:
             log_epoch(metrics, folder, wait=False)
-        # what the adapter costs rides along every report: a multi-objective search may minimise it
-        ray_report({**metrics, **costs}, checkpoint=checkpoint_cls.from_directory(str(folder)) if rank0 else None)
+        try:
+            # what the adapter costs rides along every report: a multi-objective search may minimise it
+            ray_report({**metrics, **costs}, checkpoint=checkpoint_cls.from_directory(str(folder)) if rank0 else None)
+        except SystemExit:
+            # Tune ended the trial at this report (its scheduler stopped it, or this was the last
+            # epoch): Ray's report exits the trial's thread, and Tune waits for it (up to
+            # TUNE_FUNCTION_THREAD_TIMEOUT_S) before the process runs another trial. The run is
+            # closed here, with its epochs in the store; the driver closes what this misses, so a
+            # store that fails here must not turn Tune's stop into the trial's error.
+            if rank0 and config.get("close_when_ended"):
+                with contextlib.suppress(Exception):
+                    settle()
+                    tracking.end_run(mlflow, run_id, complete=int(metrics["epoch"]) >= int(cfg["train"]["epochs"]))
+            raise
 
     def describe(setup: loop.Setup) -> None:
         setups.append(setup)
