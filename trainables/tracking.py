@@ -105,9 +105,10 @@ def child_run(mlflow, experiment_id: str, parent_id: str, study: str, trial_id: 
 
 
 def end_run(mlflow, run_id: str, complete: bool) -> None:
-    """Close a trial's run that Tune ended at a report: FINISHED when it trained every epoch,
-    else KILLED and tagged as the scheduler's stop. The trial does it itself when it can
-    (``trial._run_loop``), the driver for the runs left open (``platform.tune``)."""
+    """Close a trial's run that trained to its end or that Tune ended at a report: FINISHED when
+    it trained every epoch, else KILLED and tagged as the scheduler's stop. The trial does it
+    itself when it can (``trial.run_trial``, ``trial._run_loop``), the driver for the runs left
+    open (``platform.tune``)."""
     if complete:
         mlflow.set_terminated(run_id, status="FINISHED")
     else:

@@ -117,7 +117,7 @@ def run_trial(sample: dict, study: dict) -> None:
         mlflow.set_tag(run_id, tags.FAILURE, " ".join(str(exc).split())[:4000])
         mlflow.set_terminated(run_id, status="FAILED")
         raise
-    mlflow.set_terminated(run_id, status="FINISHED")
+    tracking.end_run(mlflow, run_id, complete=True)
 
 
 def _fit_train(loop_config: dict, cfg: dict, study: dict, trial_id: str) -> None:
