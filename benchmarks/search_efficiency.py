@@ -8,6 +8,8 @@ implementation configured, not written:
 
   tpe+asha          Optuna TPE (multivariate) with Ray's ASHA: asynchronous successive halving
                     (grace 1, reduction factor 4: rungs at epochs 1 and 4)
+  tpe+asha-rf8      the same with reduction factor 8: one rung, at epoch 1, where a trial goes on to
+                    the last epoch only if it beats 7 in 8 of the results recorded there
   tpe+hyperband     TPE with Ray's HyperBandScheduler: synchronous brackets (reduction factor 2,
                     the only one whose rungs fit 8 epochs: brackets with rungs 1-2-4-8, 2-4-8, 4-8, 8)
   tpe+optuna-b1     TPE with Optuna's SuccessiveHalvingPruner stopping the trials (grace 1,
@@ -44,9 +46,11 @@ from benchmarks.heldout import TEST_SEED, open_test_split
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "search_spaces" / "techhouse.yaml"
 ASHA = ["search.scheduler.type=asha", "search.scheduler.grace_period=1", "search.scheduler.reduction_factor=4"]
+ASHA_RF8 = ["search.scheduler.type=asha", "search.scheduler.grace_period=1", "search.scheduler.reduction_factor=8"]
 OPTUNA_SHA = ["search.scheduler.type=optuna", "search.scheduler.grace_period=1", "search.scheduler.reduction_factor=4"]
 METHODS = {  # name -> the search's overrides
     "tpe+asha": ["search.sampler=tpe", *ASHA],
+    "tpe+asha-rf8": ["search.sampler=tpe", *ASHA_RF8],
     "tpe+hyperband": ["search.sampler=tpe", "search.scheduler.type=hyperband", "search.scheduler.reduction_factor=2"],
     "tpe+optuna-b1": ["search.sampler=tpe", *OPTUNA_SHA, "search.scheduler.bootstrap_count=1"],
     "tpe+optuna-b3": ["search.sampler=tpe", *OPTUNA_SHA, "search.scheduler.bootstrap_count=3"],
