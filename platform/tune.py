@@ -205,8 +205,7 @@ def close_child_runs(study: spaces.Study, results, uri: str, exp_id: str, parent
             continue
         epochs = len(land_last_report(mlflow, run.info.run_id, result.metrics or {}, study.config["objective"]))
         if result.error is not None:
-            mlflow.set_tag(run.info.run_id, tags.FAILURE, " ".join(str(result.error).split())[:4000])
-            mlflow.set_terminated(run.info.run_id, status="FAILED")
+            tracking.fail_run(mlflow, run.info.run_id, result.error)
         else:
             tracking.end_run(mlflow, run.info.run_id, complete=epochs >= study.config["train"]["epochs"])
 

@@ -191,3 +191,18 @@ def test_a_store_that_refuses_the_close_leaves_tunes_stop_a_stop(run, tmp_path):
         trial._run_loop({"cfg": cfg, "uri": uri, "run_id": run_id, "train_fn": training_function(3, {1: 1.0}),
                          "new_run": True, "close_when_ended": True}, ray_report, None, ray.tune.Checkpoint, 0, None)
     assert mlflow.get_run(run_id).info.status == "RUNNING"  # left for the driver
+
+
+def test_a_failed_trials_run_is_failed_with_its_error_on_one_line_cut_to_fit_the_store(run, monkeypatch):
+    """A traceback-long error still closes the run where MLflow refuses tag values over 8,000 characters."""
+    from trainables import tracking
+
+    monkeypatch.setenv("MLFLOW_TRUNCATE_LONG_VALUES", "false")
+    mlflow, _, run_id = run
+    error = RuntimeError("loss is non-finite at epoch 3\n" + "  File 'loop.py', line 1, in step\n" * 400)
+    tracking.fail_run(mlflow, run_id, error)
+    got = mlflow.get_run(run_id)
+    assert got.info.status == "FAILED"
+    message = got.data.tags["rankhouse.failure"]
+    assert message.startswith("loss is non-finite at epoch 3 File 'loop.py'") and "\n" not in message
+    assert len(message) == 4000

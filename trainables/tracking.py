@@ -116,6 +116,15 @@ def end_run(mlflow, run_id: str, complete: bool) -> None:
         mlflow.set_terminated(run_id, status="KILLED")
 
 
+def fail_run(mlflow, run_id: str, error: object) -> None:
+    """Close a trial's run whose training failed: FAILED, with the error on one line as its
+    ``rankhouse.failure`` tag, cut to 4,000 characters. MLflow cuts a tag value over 8,000 with a
+    warning, or refuses it where ``MLFLOW_TRUNCATE_LONG_VALUES=false``: a long traceback must not
+    make the close itself fail."""
+    mlflow.set_tag(run_id, tags.FAILURE, " ".join(str(error).split())[:4000])
+    mlflow.set_terminated(run_id, status="FAILED")
+
+
 def epochs(mlflow, run_id: str, metric: str) -> dict[int, float]:
     """{epoch: value} of a run's metric; a step logged twice (a retried epoch) counts once."""
     return {m.step: m.value for m in sorted(mlflow.get_metric_history(run_id, key(metric)), key=lambda m: m.timestamp)}

@@ -114,8 +114,7 @@ def run_trial(sample: dict, study: dict) -> None:
     except (ray.train.TrainingFailedError, TrialFailed) as exc:
         # the training itself failed. Other exceptions come from Tune tearing the trial down
         # (an early stop): the driver closes those runs from what they logged.
-        mlflow.set_tag(run_id, tags.FAILURE, " ".join(str(exc).split())[:4000])
-        mlflow.set_terminated(run_id, status="FAILED")
+        tracking.fail_run(mlflow, run_id, exc)
         raise
     tracking.end_run(mlflow, run_id, complete=True)
 
