@@ -7,13 +7,14 @@ It reads the ``random`` arm's searches (random sampling, every trial trained to 
 so every trial's whole curve is known) and asks what each rule would have stopped, with the
 same samples started in the same order, 2 at a time, each epoch lasting as long as it did:
 
-  asha rfN   Ray's own rule: ``_Bracket`` of ray.tune.schedulers.async_hyperband, the class
-             ``ASHAScheduler`` decides with (grace 1), fed each result as it would arrive. A
-             trial passes a rung if it is in the top 1/N of the results recorded there so far.
-  sha rfN    synchronous successive halving on the same rungs: every trial reaches the rung,
-             then the best 1 in N go on. The decision ASHA makes without waiting.
+  asha gG rfN  Ray's own rule: ``_Bracket`` of ray.tune.schedulers.async_hyperband, the class
+               ``ASHAScheduler`` decides with, fed each result as it would arrive. The rungs
+               are at epochs G x N^k; a trial passes one if it is in the top 1/N of the results
+               recorded there so far.
+  sha gG rfN   synchronous successive halving on the same rungs: every trial reaches the rung,
+               then the best 1 in N go on. The decision ASHA makes without waiting.
 
-The difference between the two at one N is what the asynchrony costs. Per rule: the epochs it
+The difference between the two at one G and N is what the asynchrony costs. Per rule: the epochs it
 would consume (the share of random's), the best valid SDR any trial reached before it stopped,
 and in how many seeds that is random's best.
 
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("work", type=Path, help="a search_efficiency work folder (--out)")
     p.add_argument("--rf", type=int, nargs="+", default=[4, 8], help="reduction factors to replay")
+    p.add_argument("--grace", type=int, nargs="+", default=[1, 2], help="first rungs (epochs) to replay")
     p.add_argument("--concurrency", type=int, default=2, help="trials at a time, as the searches ran")
     args = p.parse_args(argv)
     searches = sorted(args.work.glob(f"{REFERENCE}-seed*/summary.json"))
@@ -128,13 +130,14 @@ def main(argv: list[str] | None = None) -> None:
                  f"--out {args.work} first")
     seeds = {s.parent.name.removeprefix(f"{REFERENCE}-"): curves(s.parent) for s in searches}
     rules = {REFERENCE: lambda t: [len(c.values) for c in t]}
-    for rf in args.rf:
-        rules[f"asha rf{rf}"] = lambda t, rf=rf: asynchronous(t, rf, concurrency=args.concurrency)
-        rules[f"sha rf{rf}"] = lambda t, rf=rf: synchronous(t, rf)
+    for grace in args.grace:
+        for rf in args.rf:
+            rules[f"asha g{grace} rf{rf}"] = lambda t, g=grace, rf=rf: asynchronous(t, rf, g, args.concurrency)
+            rules[f"sha g{grace} rf{rf}"] = lambda t, g=grace, rf=rf: synchronous(t, rf, g)
     first = next(iter(seeds.values()))
     print(f"{len(seeds)} random searches of {len(first)} trials x {len(first[0].values)} epochs, replayed "
           f"{args.concurrency} at a time; per seed: best valid SDR (epochs)")
-    head = f"{'rule':<11} " + " ".join(f"{s:>16}" for s in seeds) + f" {'best, mean':>10} {'epochs':>7} {'of random':>9} {'reached':>8}"
+    head = f"{'rule':<12} " + " ".join(f"{s:>16}" for s in seeds) + f" {'best, mean':>10} {'epochs':>7} {'of random':>9} {'reached':>8}"
     print(head)
     print("-" * len(head))
     reference = {s: outcome(t, rules[REFERENCE](t)) for s, t in seeds.items()}
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         got = {s: outcome(t, rule(t)) for s, t in seeds.items()}
         share = statistics.mean(got[s][0] / reference[s][0] for s in seeds)
         reached = sum(got[s][1] >= reference[s][1] - 1e-9 for s in seeds)
-        print(f"{name:<11} " + " ".join(f"{f'{b:.3f} ({e})':>16}" for e, b in got.values())
+        print(f"{name:<12} " + " ".join(f"{f'{b:.3f} ({e})':>16}" for e, b in got.values())
               + f" {statistics.mean(b for _, b in got.values()):>10.3f} {statistics.mean(e for e, _ in got.values()):>7.1f}"
               f" {share:>9.0%} {f'{reached}/{len(seeds)}':>8}")
 

@@ -71,13 +71,13 @@ def test_curves_are_read_from_a_search_in_start_order_with_each_epochs_duration(
 
 def test_the_table_compares_each_rule_with_random_search(tmp_path, capsys):
     write_search(tmp_path / "random-seed0", [8] * 16)
-    replay.main([str(tmp_path), "--rf", "4"])
-    rows = {line.split()[0] + (" " + line.split()[1] if line.split()[1].startswith("rf") else ""): line
-            for line in capsys.readouterr().out.splitlines()[3:]}
-    assert rows.keys() == {"random", "asha rf4", "sha rf4"}
-    assert rows["random"].split()[-2:] == ["100%", "1/1"]
-    assert rows["sha rf4"].split()[-3:] == ["32.0", "25%", "1/1"]  # the best trial started last: kept
-    assert rows["asha rf4"].split()[-2:] == ["100%", "1/1"]  # rising: ASHA stops nothing
+    replay.main([str(tmp_path), "--rf", "4", "--grace", "1", "2"])
+    rows = {line[:12].strip(): line.split()[-3:] for line in capsys.readouterr().out.splitlines()[3:]}
+    assert rows == {"random": ["128.0", "100%", "1/1"],
+                    "sha g1 rf4": ["32.0", "25%", "1/1"],  # the best trial started last: kept
+                    "asha g1 rf4": ["128.0", "100%", "1/1"],  # rising: ASHA stops nobody
+                    "sha g2 rf4": ["56.0", "44%", "1/1"],  # one rung, at epoch 2: 16 x 2 + 4 x 6
+                    "asha g2 rf4": ["128.0", "100%", "1/1"]}
 
 
 def test_a_folder_without_random_searches_is_one_clear_line(tmp_path):
