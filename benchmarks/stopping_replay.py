@@ -5,14 +5,16 @@ samples follow the results, and which of two concurrent trials reports first is 
 timing, so a rule's cost and the sampler's luck arrive together. This replay takes them apart.
 It reads the ``random`` arm's searches (random sampling, every trial trained to its last epoch,
 so every trial's whole curve is known) and asks what each rule would have stopped, with the
-same samples started in the same order, 2 at a time, each epoch lasting as long as it did:
+same samples started in the same order (their runs' start: Tune's order of suggestion, but for
+trials started together), 2 at a time, each epoch lasting as long as it did. A freed slot
+starts the next trial at once: Tune reuses the trial's process, 0.1 s apart here.
 
   asha gG rfN  Ray's own rule: ``_Bracket`` of ray.tune.schedulers.async_hyperband, the class
                ``ASHAScheduler`` decides with, fed each result as it would arrive. The rungs
                are at epochs G x N^k; a trial passes one if it is in the top 1/N of the results
                recorded there so far.
   sha gG rfN   synchronous successive halving on the same rungs: every trial reaches the rung,
-               then the best 1 in N go on. The decision ASHA makes without waiting.
+               then the best 1 in N go on. ASHA approximates this decision so as not to wait.
 
 The difference between the two at one G and N is what the asynchrony costs. Per rule: the epochs it
 would consume (the share of random's), the best valid SDR any trial reached before it stopped,
@@ -53,13 +55,21 @@ def curves(search: Path) -> list[Curve]:
     metric = tracking.key(summary["objective"]["metric"])
     if summary["objective"]["mode"] != "max":
         raise SystemExit(f"{search}: the replay ranks a metric to maximise, not {summary['objective']}")
+    if len({t["epochs"] for t in summary["trials"]}) != 1:
+        raise SystemExit(f"{search}: its trials ran different numbers of epochs; replay a search that stopped none")
     out = []
     for t in sorted(summary["trials"], key=lambda t: t["started_at"]):
-        history = sorted(mlflow.get_metric_history(t["run_id"], metric), key=lambda m: m.step)
-        times = [t["started_at"], *(m.timestamp for m in history)]
-        out.append(Curve(tuple(m.value for m in history), tuple((b - a) / 1000 for a, b in zip(times, times[1:]))))
-    if len({len(c.values) for c in out}) != 1:
-        raise SystemExit(f"{search}: its trials ran different numbers of epochs; replay a search that stopped none")
+        values, ended = {}, {}
+        # a retried epoch is logged twice: its value is the later one (as tracking.epochs counts it),
+        # its end the first (a last report the driver logged carries the driver's close time)
+        for m in sorted(mlflow.get_metric_history(t["run_id"], metric), key=lambda m: m.timestamp):
+            values[m.step] = m.value
+            ended.setdefault(m.step, m.timestamp)
+        if sorted(values) != list(range(1, t["epochs"] + 1)):
+            raise SystemExit(f"{search}: trial {t['trial_id']} logged epochs {sorted(values)}, not 1-{t['epochs']}")
+        times = [t["started_at"], *(ended[e] for e in sorted(ended))]
+        out.append(Curve(tuple(values[e] for e in sorted(values)),
+                         tuple((b - a) / 1000 for a, b in zip(times, times[1:]))))
     return out
 
 
@@ -120,10 +130,14 @@ def outcome(trials: list[Curve], ran: list[int]) -> tuple[int, float]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("work", type=Path, help="a search_efficiency work folder (--out)")
-    p.add_argument("--rf", type=int, nargs="+", default=[4, 8], help="reduction factors to replay")
+    p.add_argument("--rf", type=int, nargs="+", default=[4, 8, 16], help="reduction factors to replay")
     p.add_argument("--grace", type=int, nargs="+", default=[1, 2], help="first rungs (epochs) to replay")
     p.add_argument("--concurrency", type=int, default=2, help="trials at a time, as the searches ran")
     args = p.parse_args(argv)
+    for name, values, least in (("--rf", args.rf, 2), ("--grace", args.grace, 1),
+                                ("--concurrency", [args.concurrency], 1)):
+        if min(values) < least:
+            sys.exit(f"{name} {min(values)}: must be at least {least}")
     searches = sorted(args.work.glob(f"{REFERENCE}-seed*/summary.json"))
     if not searches:
         sys.exit(f"{args.work}: no {REFERENCE}-seed*/summary.json; run benchmarks.search_efficiency "
@@ -137,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     first = next(iter(seeds.values()))
     print(f"{len(seeds)} random searches of {len(first)} trials x {len(first[0].values)} epochs, replayed "
           f"{args.concurrency} at a time; per seed: best valid SDR (epochs)")
-    head = f"{'rule':<12} " + " ".join(f"{s:>16}" for s in seeds) + f" {'best, mean':>10} {'epochs':>7} {'of random':>9} {'reached':>8}"
+    head = (f"{'rule':<12} " + " ".join(f"{s:>16}" for s in seeds)
+            + f" {'best, mean':>10} {'epochs':>7} {'of random':>9} {'reached':>8}")
     print(head)
     print("-" * len(head))
     reference = {s: outcome(t, rules[REFERENCE](t)) for s, t in seeds.items()}
@@ -145,9 +160,9 @@ def main(argv: list[str] | None = None) -> None:
         got = {s: outcome(t, rule(t)) for s, t in seeds.items()}
         share = statistics.mean(got[s][0] / reference[s][0] for s in seeds)
         reached = sum(got[s][1] >= reference[s][1] - 1e-9 for s in seeds)
+        best, epochs = statistics.mean(b for _, b in got.values()), statistics.mean(e for e, _ in got.values())
         print(f"{name:<12} " + " ".join(f"{f'{b:.3f} ({e})':>16}" for e, b in got.values())
-              + f" {statistics.mean(b for _, b in got.values()):>10.3f} {statistics.mean(e for e, _ in got.values()):>7.1f}"
-              f" {share:>9.0%} {f'{reached}/{len(seeds)}':>8}")
+              + f" {best:>10.3f} {epochs:>7.1f} {share:>9.0%} {f'{reached}/{len(seeds)}':>8}")
 
 
 if __name__ == "__main__":
