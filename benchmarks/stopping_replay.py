@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-REFERENCE = "random"
+from benchmarks.search_efficiency import REFERENCE
 
 
 @dataclass(frozen=True)
